@@ -1,0 +1,39 @@
+# trustgc: `make serve` runs the service, `make test` runs the tests. `make help` lists all.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODEL_DIR := model_store/fashion_mnist
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install trustgc with its dev tools
+
+test: $(STAMP)  ## run the default test suite (no slow tests)
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)  ## run the slow tests too
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+train-default: $(STAMP)  ## retrain the shipped Fashion-MNIST model (hours on 2 CPU cores)
+	$(VENV)/bin/trustgc train --config fashion_mnist --out $(MODEL_DIR)
+
+evaluate: $(STAMP)  ## test metrics of the shipped model
+	$(VENV)/bin/trustgc evaluate --model $(MODEL_DIR)
+
+.PHONY: help setup test test-slow lint train-default evaluate

@@ -1,0 +1,51 @@
+"""The typed ``training`` section of a config file (see ``trustgc/configs/*.json``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trustgc.config import load_config_file
+
+__all__ = ["TrainingConfig", "load_training_config"]
+
+
+class TrainingConfig(BaseModel):
+    """Optimisation, loss and data settings of one training run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    grad_clip: float = Field(default=8.0, gt=0)
+    beta: float = Field(default=8.0, ge=0, description="IB weight; inf = cross-entropy only")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    dequantization_noise: float = Field(default=0.01, ge=0, description="Gaussian sigma")
+    calibration_size: int = Field(default=5000, ge=0)
+    augment_hflip: bool = False
+    augment_crop_padding: int = Field(default=0, ge=0)
+    seed: int = 0
+    amp: bool = False
+    limit_train_samples: int | None = Field(default=None, gt=0)
+
+    @field_validator("beta", mode="before")
+    @classmethod
+    def _parse_infinity(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"inf", "infinity"}:
+            return math.inf
+        return value
+
+
+def load_training_config(name_or_path: str | Path, **overrides: Any) -> TrainingConfig:
+    """The validated ``training`` section of a config, with fields overridden."""
+    raw = load_config_file(name_or_path)["training"]
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return TrainingConfig.model_validate({**raw, **given})

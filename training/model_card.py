@@ -1,0 +1,45 @@
+"""MODEL_CARD.md: the human-readable summary written next to every trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trustgc.artifact import ModelManifest
+
+__all__ = ["write_model_card"]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "n/a" if value is None else str(value)
+
+
+def write_model_card(directory: Path, manifest: ModelManifest, metrics: dict[str, Any]) -> None:
+    training = manifest.training
+    config = manifest.config
+    lines = [
+        f"# Model card: {manifest.name} (version {manifest.version})",
+        "",
+        f"- Kind: {config.kind}; {config.num_classes} classes: {', '.join(manifest.class_names)}",
+        f"- Input: {config.input.channels}x{config.input.height}x{config.input.width}, pixels "
+        f"scaled to [0, 1] by (k + 1/2) / 256, normalised with mean {config.input.mean} and "
+        f"std {config.input.std}",
+        f"- Data: `{training.get('dataset')}` train split minus a held-out calibration split of "
+        f"{training.get('calibration_size')} images (seed {training.get('calibration_seed')}); "
+        f"trained on {training.get('train_size')} images",
+        f"- IB weight beta: {training.get('beta')}",
+        f"- Training: {training.get('epochs_completed')} epochs, {training.get('steps')} steps, "
+        f"{training.get('training_seconds')} s on {training.get('hardware')} "
+        f"(world size {training.get('world_size')}, torch {training.get('torch_version')})",
+        f"- Command: `{training.get('command')}`",
+        "",
+        "## Test metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {key} | {_format(value)} |" for key, value in metrics.items()],
+        "",
+    ]
+    (directory / "MODEL_CARD.md").write_text("\n".join(lines))

@@ -1,0 +1,385 @@
+"""``trustgc train``: train an IB-INN (or the CNN baseline) and write a model artifact.
+
+The run is a short chain: prepare data -> build model -> train epochs (checkpoint after each)
+-> evaluate on the test split -> write the artifact.  Data order and augmentation noise of each
+epoch derive from (seed, epoch, rank), so a run resumed from a checkpoint replays exactly the
+batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training.augment import random_crop, random_hflip
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import TrainingConfig, load_training_config
+from training.data import ImageDataset, load_dataset, split_calibration
+from training.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    setup_distributed,
+    teardown_distributed,
+)
+from training.evaluate import evaluate_model
+from training.loss import ib_loss
+from training.model_card import write_model_card
+from trustgc.artifact import ModelManifest, build_model, save_model, write_json
+from trustgc.config import ModelConfig, load_model_config
+from trustgc.preprocess import dequantize, pixels_to_tensor
+
+__all__ = ["TrainOptions", "TrainingDiverged", "train"]
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_LOG = "train_log.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainOptions:
+    """Command-line level options; config fields can be overridden here."""
+
+    config: str
+    out: Path
+    beta: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    amp: bool | None = None
+    limit_train_samples: int | None = None
+    data_dir: Path | None = None
+    device: str = "auto"
+    resume: bool = False
+    time_budget_minutes: float | None = None
+    max_steps: int | None = None  # stop early after this many steps (tests); epoch-exact otherwise
+    evaluate: bool = True
+    progress: bool = True
+    command: str = field(default_factory=lambda: shlex.join(["trustgc", *sys.argv[1:]]))
+
+
+def _learning_rate(
+    config: TrainingConfig, progress: float, steps_per_epoch: int, step: int
+) -> float:
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to 1% of the peak."""
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return config.lr * (step + 1) / warmup_steps
+    return config.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+
+
+def _prepare_data(config: TrainingConfig, data_dir: Path | None) -> tuple[ImageDataset, dict]:
+    """Training part of the train split (the calibration split carved out and recorded)."""
+    full = load_dataset(config.dataset, "train", data_dir)
+    train_part, calibration = split_calibration(full, config.calibration_size, config.seed)
+    if config.limit_train_samples is not None:
+        train_part = train_part.subset(np.arange(min(config.limit_train_samples, len(train_part))))
+    split = {
+        "calibration_size": len(calibration),
+        "calibration_seed": config.seed,
+        "train_size": len(train_part),
+    }
+    return train_part, split
+
+
+def _batch_inputs(pixels: Tensor, config: TrainingConfig, generator: torch.Generator) -> Tensor:
+    if config.augment_hflip:
+        pixels = random_hflip(pixels, generator)
+    pixels = random_crop(pixels, config.augment_crop_padding, generator)
+    return dequantize(pixels, config.dequantization_noise, generator)
+
+
+class _Scorer(nn.Module):
+    """Wraps the model so that one forward call uses every parameter (what DDP expects)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor):
+        return self.model.score(x) if hasattr(self.model, "score") else self.model(x)
+
+
+def _training_loss(
+    scorer: nn.Module, x: Tensor, labels: Tensor, config: TrainingConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss and detached batch statistics (no host sync)."""
+    output = scorer(x)
+    if isinstance(output, Tensor):  # discriminative baseline: cross-entropy on logits
+        loss = torch.nn.functional.cross_entropy(
+            output.float(), labels, label_smoothing=config.label_smoothing
+        )
+        correct = (output.argmax(1) == labels).float().mean()
+        return loss, {"loss": loss.detach(), "l_y": loss.detach(), "accuracy": correct}
+    terms = ib_loss(output, labels, config.beta, config.label_smoothing)
+    stats = {
+        "loss": terms.total.detach(),
+        "l_x": terms.l_x.detach(),
+        "l_y": terms.l_y.detach(),
+        "accuracy": (output.logits.argmax(1) == labels).float().mean(),
+        "bits_per_dim": output.bits_per_dim().mean().detach(),
+    }
+    return terms.total, stats
+
+
+@dataclass
+class _RunState:
+    """What a checkpoint restores."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    elapsed_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Stopwatch:
+    def __init__(self, already: float) -> None:
+        self._start = time.monotonic() - already
+
+    def __call__(self) -> float:
+        return time.monotonic() - self._start
+
+
+def _epoch_order(size: int, seed: int, epoch: int, context: DistributedContext) -> np.ndarray:
+    """This rank's shard of the epoch's shuffled indices (equal-size shards, remainder dropped)."""
+    order = np.random.default_rng([seed, epoch]).permutation(size)
+    per_rank = size // context.world_size
+    return order[context.rank * per_rank : (context.rank + 1) * per_rank]
+
+
+def _check_finite(totals: dict[str, Tensor], state: _RunState, out: Path) -> None:
+    if not torch.isfinite(totals["loss"]):
+        raise TrainingDiverged(
+            f"loss became non-finite at step {state.step} (epoch {state.epoch + 1}); the last "
+            f"good checkpoint is kept in {out / CHECKPOINT_DIR}. Lower the learning rate or "
+            f"the clamp, or enable gradient clipping."
+        )
+
+
+def _train_epoch(
+    scorer,
+    optimizer,
+    pixels,
+    labels,
+    config,
+    options,
+    context,
+    state,
+    stopwatch,
+    steps_per_epoch,
+    total_steps,
+) -> dict[str, float] | None:
+    """One epoch; returns its mean statistics, or None when a step/time limit stopped it early."""
+    order = _epoch_order(len(labels), config.seed, state.epoch, context)
+    generator = torch.Generator(device=context.device).manual_seed(
+        config.seed * 100_003 + state.epoch * 101 + context.rank
+    )
+    totals: dict[str, Tensor] = {}
+    count = 0
+    bar = tqdm(
+        total=steps_per_epoch,
+        desc=f"epoch {state.epoch + 1}/{config.epochs}",
+        disable=not (options.progress and context.is_main),
+        leave=False,
+        file=sys.stderr,
+    )
+    scorer.train()
+    for start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
+        progress = state.step / total_steps
+        if options.time_budget_minutes:
+            progress = max(progress, stopwatch() / (60 * options.time_budget_minutes))
+        if progress >= 1.0 or (options.max_steps is not None and state.step >= options.max_steps):
+            bar.close()
+            return None
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, progress, steps_per_epoch, state.step)
+        index = torch.from_numpy(order[start : start + config.batch_size]).to(context.device)
+        x = _batch_inputs(pixels[index], config, generator)
+        with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=config.amp):
+            loss, stats = _training_loss(scorer, x, labels[index], config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(scorer.parameters(), config.grad_clip)
+        optimizer.step()
+        state.step += 1
+        count += 1
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value
+        if count % 25 == 0 or count == steps_per_epoch:  # host sync only every few steps
+            _check_finite(totals, state, options.out)
+            bar.set_postfix({k: f"{v.item() / count:.3f}" for k, v in totals.items()})
+        bar.update(1)
+    bar.close()
+    _check_finite(totals, state, options.out)
+    return {key: all_reduce_mean(value / count, context).item() for key, value in totals.items()}
+
+
+def _save_progress(options: TrainOptions, model, optimizer, state: _RunState) -> None:
+    save_checkpoint(
+        options.out / CHECKPOINT_DIR,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": state.epoch,
+            "step": state.step,
+            "elapsed_seconds": state.elapsed_seconds,
+            "history": state.history,
+        },
+    )
+
+
+def _restore(options: TrainOptions, model, optimizer, device) -> _RunState:
+    checkpoint = load_checkpoint(options.out / CHECKPOINT_DIR, device) if options.resume else None
+    if checkpoint is None:
+        return _RunState()
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return _RunState(
+        epoch=checkpoint["epoch"],
+        step=checkpoint["step"],
+        elapsed_seconds=checkpoint["elapsed_seconds"],
+        history=checkpoint["history"],
+    )
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _finish(options, model, model_config, config, split, class_names, state, context):
+    """Evaluate on the test split and write the artifact (main rank only)."""
+    metrics: dict[str, Any] = {}
+    if options.evaluate:
+        test = load_dataset(config.dataset, "test", options.data_dir)
+        metrics = evaluate_model(model, test, context.device)
+    training_meta = {
+        "dataset": config.dataset,
+        "beta": config.beta if math.isfinite(config.beta) else "inf",
+        "config": config.model_dump(mode="json"),
+        "epochs_completed": state.epoch,
+        "steps": state.step,
+        "training_seconds": round(state.elapsed_seconds, 1),
+        "hardware": _hardware(context.device),
+        "world_size": context.world_size,
+        "torch_version": torch.__version__,
+        "command": options.command,
+        **split,
+    }
+    training_meta["config"]["beta"] = training_meta["beta"]
+    manifest = ModelManifest(
+        name=model_config.name, config=model_config, class_names=class_names, training=training_meta
+    )
+    save_model(options.out, model, manifest)
+    write_json(options.out / "metrics.json", {"test": metrics})
+    write_model_card(options.out, manifest, metrics)
+    return metrics
+
+
+def train(options: TrainOptions) -> dict[str, Any]:
+    """Run training as described by ``options``; returns the test metrics (main rank)."""
+    context = setup_distributed(options.device)
+    if options.time_budget_minutes and context.enabled:
+        raise ValueError("--time-budget-minutes is for single-process runs only")
+    try:
+        config = load_training_config(
+            options.config,
+            beta=options.beta,
+            epochs=options.epochs,
+            lr=options.lr,
+            batch_size=options.batch_size,
+            seed=options.seed,
+            amp=options.amp,
+            limit_train_samples=options.limit_train_samples,
+        )
+        model_config: ModelConfig = load_model_config(options.config)
+        torch.manual_seed(config.seed)
+        train_part, split = _prepare_data(config, options.data_dir)
+        pixels = pixels_to_tensor(train_part.images).to(context.device)
+        labels = torch.from_numpy(train_part.labels).to(context.device)
+        model = build_model(model_config).to(context.device)
+        optimizer = _make_optimizer(model, config)
+        state = _restore(options, model, optimizer, context.device)
+        scorer: nn.Module = _Scorer(model)
+        if context.enabled:
+            scorer = DistributedDataParallel(scorer)
+        steps_per_epoch = len(labels) // context.world_size // config.batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(f"{len(labels)} training images are fewer than one batch")
+        total_steps = steps_per_epoch * config.epochs
+        stopwatch = _Stopwatch(state.elapsed_seconds)
+        log_path = options.out / METRICS_LOG
+        options.out.mkdir(parents=True, exist_ok=True)
+        epochs = tqdm(
+            total=config.epochs,
+            initial=state.epoch,
+            desc="training",
+            unit="epoch",
+            disable=not (options.progress and context.is_main),
+            file=sys.stderr,
+        )
+        while state.epoch < config.epochs:
+            stats = _train_epoch(
+                scorer,
+                optimizer,
+                pixels,
+                labels,
+                config,
+                options,
+                context,
+                state,
+                stopwatch,
+                steps_per_epoch,
+                total_steps,
+            )
+            if stats is None:
+                break
+            state.epoch += 1
+            state.elapsed_seconds = stopwatch()
+            record = {
+                "epoch": state.epoch,
+                "step": state.step,
+                "seconds": round(state.elapsed_seconds, 2),
+                "lr": optimizer.param_groups[0]["lr"],
+                **stats,
+            }
+            state.history.append(record)
+            if context.is_main:
+                with log_path.open("a") as log:
+                    log.write(json.dumps(record) + "\n")
+                _save_progress(options, model, optimizer, state)
+            epochs.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+            epochs.update(1)
+        epochs.close()
+        state.elapsed_seconds = stopwatch()
+        if not context.is_main:
+            return {}
+        return _finish(
+            options, model, model_config, config, split, train_part.class_names, state, context
+        )
+    finally:
+        teardown_distributed(context)

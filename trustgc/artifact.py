@@ -1,0 +1,128 @@
+"""A model artifact: one directory that holds everything needed to serve a trained model.
+
+Layout::
+
+    model.json          format version, model config, class names, training metadata
+    weights.safetensors the state dict (parameters and buffers)
+    metrics.json        test metrics written by ``trustgc evaluate`` / training
+    calibration.json    reference score distributions (written by ``trustgc calibrate``)
+    MODEL_CARD.md       human-readable summary
+
+Weights are safetensors (no pickle): loading a model never executes code from the artifact.
+Only local directories are accepted; there is no loading from URLs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trustgc.config import ModelConfig
+
+__all__ = [
+    "ARTIFACT_FORMAT_VERSION",
+    "ArtifactError",
+    "ModelManifest",
+    "build_model",
+    "load_manifest",
+    "load_model",
+    "read_json",
+    "save_model",
+    "write_json",
+]
+
+ARTIFACT_FORMAT_VERSION = 1
+MANIFEST_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class ArtifactError(ValueError):
+    """The directory is not a valid model artifact (the message says what is wrong)."""
+
+
+class ModelManifest(BaseModel):
+    """``model.json``: what a model is, independent of its weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = ARTIFACT_FORMAT_VERSION
+    name: str
+    version: str = "1"
+    config: ModelConfig
+    class_names: tuple[str, ...]
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Instantiate the network a config describes (weights freshly initialised)."""
+    if config.kind == "ibinn":
+        from trustgc.ibinn import IBINN
+
+        return IBINN(config)
+    from trustgc.classifier import CNNClassifier
+
+    return CNNClassifier(config)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (write a temp file, then rename) so readers never see half a file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    temporary.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def save_model(directory: Path, model: nn.Module, manifest: ModelManifest) -> None:
+    """Write weights and manifest into ``directory`` (created if needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if len(manifest.class_names) != manifest.config.num_classes:
+        raise ArtifactError(
+            f"{len(manifest.class_names)} class names for {manifest.config.num_classes} classes"
+        )
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_json(directory / MANIFEST_FILE, manifest.model_dump(mode="json"))
+
+
+def load_manifest(directory: Path) -> ModelManifest:
+    """Read and validate ``model.json``."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is not a model artifact: {MANIFEST_FILE} is missing")
+    manifest = ModelManifest.model_validate(read_json(path))
+    if manifest.format_version != ARTIFACT_FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: format version {manifest.format_version}, this code reads "
+            f"{ARTIFACT_FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def load_model(
+    directory: Path | str, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelManifest]:
+    """Rebuild the network from ``directory`` and load its weights (eval mode)."""
+    directory = Path(directory)
+    if "://" in str(directory):
+        raise ArtifactError(f"models load from local directories only, got {directory}")
+    manifest = load_manifest(directory)
+    model = build_model(manifest.config)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{directory}: {WEIGHTS_FILE} is missing")
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{weights} does not match the config: missing {missing}, unexpected {unexpected}"
+        )
+    return model.to(device).eval(), manifest

@@ -1,0 +1,119 @@
+"""The ``trustgc`` command line: one entry point, one subcommand per job.
+
+Each subcommand imports its implementation lazily, so ``trustgc --help`` is fast and the core
+package never imports the training subproject or a server at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _beta(text: str) -> float:
+    value = float(text)
+    if value < 0 or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"beta must be >= 0 or inf, got {text}")
+    return value
+
+
+def _add_train(commands) -> None:
+    parser = commands.add_parser("train", help="train an IB-INN or the CNN baseline")
+    parser.add_argument("--config", default="fashion_mnist", help="config name or JSON path")
+    parser.add_argument("--out", type=Path, required=True, help="model artifact directory")
+    parser.add_argument("--beta", type=_beta, help="IB weight (inf: cross-entropy only)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--amp", action="store_true", default=None, help="bf16 autocast")
+    parser.add_argument("--limit-train-samples", type=int)
+    parser.add_argument("--data-dir", type=Path, help="data set directory (default per set)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument(
+        "--time-budget-minutes",
+        type=float,
+        help="finish the LR schedule within this wall time (single process)",
+    )
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps")
+    parser.add_argument("--no-evaluate", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from training.trainer import TrainOptions, train
+
+    options = TrainOptions(
+        config=args.config,
+        out=args.out,
+        beta=args.beta,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        amp=args.amp,
+        limit_train_samples=args.limit_train_samples,
+        data_dir=args.data_dir,
+        device=args.device,
+        resume=args.resume,
+        time_budget_minutes=args.time_budget_minutes,
+        max_steps=args.max_steps,
+        evaluate=not args.no_evaluate,
+        progress=not args.no_progress,
+    )
+    metrics = train(options)
+    if metrics:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="test metrics of a model artifact")
+    parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--limit", type=int, help="evaluate the first N test images only")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_artifact
+
+    metrics = evaluate_artifact(args.model, args.data_dir, args.device, args.limit)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        width = max(len(key) for key in metrics)
+        for key, value in metrics.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trustgc", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands)
+    _add_evaluate(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"trustgc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -80,7 +80,7 @@ def _learning_rate(
     """Linear warm-up over ``warmup_epochs``, then cosine decay to 1% of the peak."""
     warmup_steps = config.warmup_epochs * steps_per_epoch
     if step < warmup_steps:
-        return config.lr * (step + 1) / warmup_steps
+        return config.lr * min(1.0, (step + 1) / warmup_steps)
     return config.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
@@ -171,11 +171,19 @@ def _epoch_order(size: int, seed: int, epoch: int, context: DistributedContext) 
 
 
 def _check_finite(totals: dict[str, Tensor], state: _RunState, out: Path) -> None:
-    if not torch.isfinite(totals["loss"]):
+    """Stop on a non-finite loss or gradient norm (either would poison the next checkpoint)."""
+    bad = [
+        key for key in ("loss", "grad_norm") if key in totals and not torch.isfinite(totals[key])
+    ]
+    if bad:
+        kept = (
+            f"the last good checkpoint (epoch {state.epoch}) is kept in {out / CHECKPOINT_DIR}"
+            if state.epoch
+            else "no checkpoint was written yet"
+        )
         raise TrainingDiverged(
-            f"loss became non-finite at step {state.step} (epoch {state.epoch + 1}); the last "
-            f"good checkpoint is kept in {out / CHECKPOINT_DIR}. Lower the learning rate or "
-            f"the clamp, or enable gradient clipping."
+            f"{' and '.join(bad)} became non-finite at step {state.step} (epoch "
+            f"{state.epoch + 1}); {kept}. Lower the learning rate or the coupling clamp."
         )
 
 
@@ -222,7 +230,7 @@ def _train_epoch(
             loss, stats = _training_loss(scorer, x, labels[index], config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(scorer.parameters(), config.grad_clip)
+        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(scorer.parameters(), config.grad_clip)
         optimizer.step()
         state.step += 1
         count += 1

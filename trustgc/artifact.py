@@ -111,9 +111,9 @@ def load_model(
     directory: Path | str, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelManifest]:
     """Rebuild the network from ``directory`` and load its weights (eval mode)."""
-    directory = Path(directory)
-    if "://" in str(directory):
+    if "://" in str(directory):  # check the raw string: Path() would fold "//" into "/"
         raise ArtifactError(f"models load from local directories only, got {directory}")
+    directory = Path(directory)
     manifest = load_manifest(directory)
     model = build_model(manifest.config)
     weights = directory / WEIGHTS_FILE

@@ -98,11 +98,86 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_calibrate(commands) -> None:
+    parser = commands.add_parser("calibrate", help="fit the p-value references of a model")
+    parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--ood-alpha", type=float, default=0.01)
+    parser.add_argument("--attack-alpha", type=float, default=0.01)
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from training.calibrate import calibrate_artifact
+
+    calibration = calibrate_artifact(
+        args.model, args.data_dir, args.ood_alpha, args.attack_alpha, args.device
+    )
+    print(f"wrote {args.model / 'calibration.json'}: {calibration.split}")
+    return 0
+
+
+OOD_SET_NAMES = (
+    "mnist",
+    "notmnist",
+    "uniform_noise",
+    "gaussian_noise",
+    "constant",
+    "vflip",
+    "inverted",
+)
+
+
+def _add_ood(commands) -> None:
+    parser = commands.add_parser("ood", help="OoD detection ROC-AUC per OoD set")
+    parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
+    parser.add_argument(
+        "--ood",
+        default=",".join(OOD_SET_NAMES),
+        help=f"comma-separated sets from {', '.join(OOD_SET_NAMES)}",
+    )
+    parser.add_argument("--limit", type=int, default=2000, help="images per OoD set")
+    parser.add_argument("--data-dir", type=Path, help="in-distribution data directory")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(run=_run_ood)
+
+
+def _run_ood(args: argparse.Namespace) -> int:
+    from training.ood import evaluate_ood
+
+    result = evaluate_ood(
+        args.model, [s for s in args.ood.split(",") if s], args.limit, args.data_dir
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"{'OoD set':<16}{'production':>12}{'paper 2-sided':>15}{'1-sided lik.':>14}"
+        f"{'max-post.':>11}{'rejected':>10}"
+    )
+    for name, row in result["auc_percent"].items():
+        print(
+            f"{name:<16}{row['production']:>12.2f}{row['paper_two_sided']:>15.2f}"
+            f"{row['one_sided_likelihood']:>14.2f}{row['max_posterior']:>11.2f}"
+            f"{row['rejected_at_alpha']:>10.3f}"
+        )
+    for alpha, row in result["calibration"].items():
+        low, high = row["interval_99"]
+        print(
+            f"in-distribution rejection at alpha={alpha}: {row['rejection_rate']:.4f} "
+            f"(99% interval {low:.4f}-{high:.4f}, calibrated: {row['calibrated']})"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trustgc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_calibrate(commands)
+    _add_ood(commands)
     return parser
 
 

@@ -87,7 +87,10 @@ class GaussianMixtureHead(nn.Module):
         """Latents drawn from N(mu_y, T^2 I) for one class."""
         if not 0 <= class_index < self.num_classes:
             raise ValueError(f"class_index must lie in [0, {self.num_classes}), got {class_index}")
-        mean = self.means()[class_index]
+        mean = self.full_means[class_index]
+        if self.is_low_rank:
+            rest = self.low_rank_coefficients[class_index] @ self.low_rank_basis
+            mean = torch.cat([mean, rest])
         return mean + temperature * torch.randn(
             count, self.dim, dtype=mean.dtype, device=mean.device
         )

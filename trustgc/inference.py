@@ -27,6 +27,7 @@ class ModelOutputs:
     class_log_likelihood: np.ndarray | None  # (N, K) log q(x|y)
     squared_distances: np.ndarray | None  # (N, K) ||z - mu_y||^2
     dim: int
+    latents: np.ndarray | None = None  # (N, D) z, kept only when asked for (explanations)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -37,29 +38,36 @@ class ModelOutputs:
         return self.log_likelihood is not None
 
 
-def score_batch(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+def score_batch(model: nn.Module, x: Tensor, keep_latents: bool = False) -> dict[str, Tensor]:
     """One batch of [0, 1] images -> named output tensors (see :class:`ModelOutputs`)."""
     if hasattr(model, "score"):
         scores = model.score(x)
-        return {
+        outputs = {
             "log_posterior": scores.log_posterior,
             "log_likelihood": scores.log_likelihood,
             "class_log_likelihood": scores.class_log_likelihood,
             "squared_distances": scores.squared_distances,
         }
+        if keep_latents:
+            outputs["latents"] = scores.latents
+        return outputs
     return {"log_posterior": torch.log_softmax(model(x), dim=1)}
 
 
 @torch.inference_mode()
 def model_outputs(
-    model: nn.Module, pixels: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+    model: nn.Module,
+    pixels: Tensor,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    keep_latents: bool = False,
 ) -> ModelOutputs:
     """Run ``model`` over uint8 images (N, C, H, W) in batches, in eval mode."""
     model.eval()
     collected: dict[str, list[np.ndarray]] = {}
     for start in range(0, pixels.shape[0], batch_size):
         x = pixels_to_unit(pixels[start : start + batch_size].to(device))
-        for key, value in score_batch(model, x).items():
+        for key, value in score_batch(model, x, keep_latents).items():
             collected.setdefault(key, []).append(value.double().cpu().numpy())
     arrays = {key: np.concatenate(parts) for key, parts in collected.items()}
     return ModelOutputs(
@@ -68,4 +76,5 @@ def model_outputs(
         class_log_likelihood=arrays.get("class_log_likelihood"),
         squared_distances=arrays.get("squared_distances"),
         dim=int(np.prod(pixels.shape[1:])),
+        latents=arrays.get("latents"),
     )

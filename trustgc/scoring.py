@@ -62,6 +62,7 @@ class LatentScores:
     log_likelihood: Tensor  # log q(x)
     squared_distances: Tensor  # ||z - mu_y||^2
     logdet: Tensor  # log|det J_f(x)|
+    latents: Tensor  # z = f(x), (B, D)
     dim: int  # D, the number of dimensions of one image
 
     def bits_per_dim(self) -> Tensor:
@@ -90,5 +91,6 @@ def score_latents(z: Tensor, logdet: Tensor, head: GaussianMixtureHead) -> Laten
         log_likelihood=log_likelihood,
         squared_distances=squared,
         logdet=logdet,
+        latents=z,
         dim=dim,
     )

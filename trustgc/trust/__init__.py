@@ -1,0 +1,15 @@
+"""The trust layer: calibrated p-values for OoD inputs and attacks, and the prediction API."""
+
+from trustgc.trust.calibration import Calibration, fit_calibration, load_calibration
+from trustgc.trust.predictor import Decision, Predictor, TrustResult
+from trustgc.trust.pvalues import EmpiricalReference
+
+__all__ = [
+    "Calibration",
+    "Decision",
+    "EmpiricalReference",
+    "Predictor",
+    "TrustResult",
+    "fit_calibration",
+    "load_calibration",
+]

@@ -1,0 +1,153 @@
+"""Calibration: the reference score distributions behind every p-value, stored with the model.
+
+Fitted on the held-out calibration split (never seen in training):
+
+- the whole split gives each statistic's reference distribution: the reported component
+  p-values, the paper's typicality test and the attack test;
+- the production OoD statistic combines components by Fisher's T = -2 sum_i log p_i.  Its
+  component p-values must be out-of-sample for the calibration of T, so the split is divided:
+  part A fits the combination's own component references, part B the reference of T.
+
+Calibrating T empirically (instead of assuming T ~ chi^2 with 2k degrees of freedom) keeps the
+combined p-value valid although the components are correlated.  The result is stored in
+``calibration.json`` inside the model artifact: sorted arrays plus a summary, and the alphas.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from trustgc.artifact import read_json, write_json
+from trustgc.trust.pvalues import EmpiricalReference, Side
+
+__all__ = [
+    "ATTACK_STATISTIC",
+    "CALIBRATION_FILE",
+    "OOD_COMPONENTS",
+    "PAPER_STATISTIC",
+    "PRODUCTION_OOD_STATISTIC",
+    "STATISTIC_SIDES",
+    "Calibration",
+    "ReferenceDistribution",
+    "fisher_statistic",
+    "fit_calibration",
+    "load_calibration",
+    "save_calibration",
+]
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FORMAT_VERSION = 1
+
+#: Which tail of each statistic is suspicious (see trustgc.trust.statistics).
+STATISTIC_SIDES: dict[str, Side] = {
+    "typicality": "two_sided",
+    "complexity_corrected": "upper",
+    "max_posterior": "upper",
+    "class_distance": "two_sided",
+}
+PAPER_STATISTIC = "typicality"
+OOD_COMPONENTS = ("complexity_corrected", "typicality", "max_posterior")
+PRODUCTION_OOD_STATISTIC = "fisher_combined"
+ATTACK_STATISTIC = "class_distance"
+
+
+class ReferenceDistribution(BaseModel):
+    """One statistic's in-distribution sample (sorted) and which tail is rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    statistic: str
+    side: Side
+    sorted_scores: list[float]
+    summary: dict[str, float]
+
+    @classmethod
+    def fit(cls, statistic: str, side: Side, scores: np.ndarray) -> ReferenceDistribution:
+        scores = np.sort(np.asarray(scores, dtype=np.float64))
+        quantiles = {
+            f"q{q:g}": float(np.quantile(scores, q))
+            for q in (0.001, 0.01, 0.05, 0.5, 0.95, 0.99, 0.999)
+        }
+        summary = {
+            "n": float(scores.size),
+            "mean": float(scores.mean()),
+            "std": float(scores.std()),
+            **quantiles,
+        }
+        return cls(statistic=statistic, side=side, sorted_scores=scores.tolist(), summary=summary)
+
+    def reference(self) -> EmpiricalReference:
+        return EmpiricalReference(np.asarray(self.sorted_scores), self.side)
+
+
+class Calibration(BaseModel):
+    """Everything the p-values need; one file per model artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = CALIBRATION_FORMAT_VERSION
+    ood_alpha: float = Field(gt=0, lt=1)
+    attack_alpha: float = Field(gt=0, lt=1)
+    ood_statistic: str = PRODUCTION_OOD_STATISTIC
+    ood_components: tuple[str, ...] = OOD_COMPONENTS
+    attack_statistic: str = ATTACK_STATISTIC
+    components: dict[str, ReferenceDistribution]  # fitted on the whole calibration split
+    combination_components: dict[str, ReferenceDistribution]  # part A, inside Fisher's T only
+    combined: ReferenceDistribution  # T on part B
+    split: dict[str, int | str] = Field(default_factory=dict)
+
+
+def fisher_statistic(p_values: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """Fisher's combination T = -2 sum_i log p_i (large T: jointly small p-values)."""
+    return -2.0 * sum(np.log(p_values[name]) for name in names)
+
+
+def _references(statistics: dict[str, np.ndarray], names) -> dict[str, ReferenceDistribution]:
+    return {
+        name: ReferenceDistribution.fit(name, STATISTIC_SIDES[name], statistics[name])
+        for name in sorted(names)
+    }
+
+
+def fit_calibration(
+    statistics_a: dict[str, np.ndarray],
+    statistics_b: dict[str, np.ndarray],
+    ood_alpha: float,
+    attack_alpha: float,
+    split: dict[str, int | str] | None = None,
+) -> Calibration:
+    """Fit all references from the two parts A and B of the calibration split."""
+    needed = set(OOD_COMPONENTS) | {ATTACK_STATISTIC, PAPER_STATISTIC}
+    missing = needed - set(statistics_a) | needed - set(statistics_b)
+    if missing:
+        raise ValueError(f"calibration needs the statistics {sorted(missing)}")
+    both = {name: np.concatenate([statistics_a[name], statistics_b[name]]) for name in needed}
+    combination_components = _references(statistics_a, OOD_COMPONENTS)
+    p_b = {
+        name: combination_components[name].reference().p_value(statistics_b[name])
+        for name in OOD_COMPONENTS
+    }
+    combined = ReferenceDistribution.fit(
+        PRODUCTION_OOD_STATISTIC, "upper", fisher_statistic(p_b, OOD_COMPONENTS)
+    )
+    return Calibration(
+        ood_alpha=ood_alpha,
+        attack_alpha=attack_alpha,
+        components=_references(both, needed),
+        combination_components=combination_components,
+        combined=combined,
+        split=split or {},
+    )
+
+
+def save_calibration(directory: Path, calibration: Calibration) -> None:
+    write_json(Path(directory) / CALIBRATION_FILE, calibration.model_dump(mode="json"))
+
+
+def load_calibration(directory: Path) -> Calibration | None:
+    """The artifact's calibration, or None if it was never calibrated."""
+    path = Path(directory) / CALIBRATION_FILE
+    return Calibration.model_validate(read_json(path)) if path.is_file() else None

@@ -1,0 +1,204 @@
+"""The one prediction API: a batch of images in, per image a prediction and its trust evidence.
+
+Every server adapter (TorchServe handler, gRPC, CLI, evaluation) calls :meth:`Predictor.predict`.
+One forward pass gives posteriors and likelihoods; the p-values are binary searches in the
+stored reference distributions, so trust costs next to nothing beside the forward pass.
+
+Decision rule, in order: ``rejected_ood`` if the production OoD p-value is below ``ood_alpha``;
+else ``flagged_attack`` if the attack p-value is below ``attack_alpha``; else ``accepted``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trustgc.artifact import ModelManifest, load_model
+from trustgc.inference import model_outputs
+from trustgc.scoring import bits_per_dim
+from trustgc.trust.calibration import (
+    PAPER_STATISTIC,
+    Calibration,
+    fisher_statistic,
+    load_calibration,
+)
+from trustgc.trust.statistics import compute_statistics
+
+__all__ = ["Decision", "Predictor", "TrustResult"]
+
+
+class Decision(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED_OOD = "rejected_ood"
+    FLAGGED_ATTACK = "flagged_attack"
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    """What the model says about one image, and how far to trust it."""
+
+    probabilities: np.ndarray  # (K,) q(y|x)
+    class_bits_per_dim: np.ndarray  # (K,) -log q(x|y) in bits per dimension
+    bits_per_dim: float  # marginal, -log q(x)
+    ood_statistic: str
+    ood_p_value: float
+    ood_alpha: float
+    out_of_distribution: bool
+    component_p_values: dict[str, float]
+    attack_statistic: str
+    attack_p_value: float
+    attack_alpha: float
+    attack_suspected: bool
+    decision: Decision
+    explanation: dict[str, Any] | None = field(default=None)
+
+    @property
+    def predicted_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+
+class Predictor:
+    """A loaded, calibrated model ready to answer batches."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        manifest: ModelManifest,
+        calibration: Calibration,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if manifest.config.kind != "ibinn":
+            raise ValueError("the trust layer needs a generative (ibinn) model")
+        self.model = model.to(device).eval()
+        self.manifest = manifest
+        self.calibration = calibration
+        self.device = torch.device(device)
+        self._references = {
+            name: reference.reference() for name, reference in calibration.components.items()
+        }
+        self._combination_references = {
+            name: reference.reference()
+            for name, reference in calibration.combination_components.items()
+        }
+        self._combined = calibration.combined.reference()
+        self._statistics = tuple(
+            sorted(
+                set(calibration.ood_components) | {calibration.attack_statistic, PAPER_STATISTIC}
+            )
+        )
+
+    @classmethod
+    def from_artifact(cls, directory: Path | str, device: str = "cpu") -> Predictor:
+        model, manifest = load_model(directory, device)
+        calibration = load_calibration(Path(directory))
+        if calibration is None:
+            raise ValueError(
+                f"{directory} is not calibrated: run `trustgc calibrate --model {directory}` first"
+            )
+        return cls(model, manifest, calibration, device)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        spec = self.manifest.config.input
+        return (spec.channels, spec.height, spec.width)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.class_names
+
+    def p_values(self, statistics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Component p-values plus the combined production OoD p-value (key ood_statistic)."""
+        p = {name: self._references[name].p_value(values) for name, values in statistics.items()}
+        inner = {
+            name: self._combination_references[name].p_value(statistics[name])
+            for name in self.calibration.ood_components
+        }
+        combined = fisher_statistic(inner, self.calibration.ood_components)
+        p[self.calibration.ood_statistic] = self._combined.p_value(combined)
+        return p
+
+    def predict(
+        self, pixels: np.ndarray, explain: bool | list[bool] = False, batch_size: int = 256
+    ) -> list[TrustResult]:
+        """uint8 images (B, C, H, W) in the model's input shape -> one result per image."""
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"expected uint8 images of shape (B, {self.input_shape}), got "
+                f"{pixels.dtype} {pixels.shape}"
+            )
+        wants = [explain] * len(pixels) if isinstance(explain, bool) else list(explain)
+        if len(wants) != len(pixels):
+            raise ValueError(f"{len(wants)} explain flags for {len(pixels)} images")
+        outputs = model_outputs(
+            self.model, torch.from_numpy(pixels), batch_size, self.device, keep_latents=any(wants)
+        )
+        p = self.p_values(compute_statistics(outputs, pixels, self._statistics))
+        bpd = bits_per_dim(outputs.log_likelihood, outputs.dim)
+        class_bpd = bits_per_dim(outputs.class_log_likelihood, outputs.dim)
+        explanations = self._explanations(outputs, wants)
+        return [
+            self._result(
+                i, outputs.probabilities[i], class_bpd[i], float(bpd[i]), p, explanations.get(i)
+            )
+            for i in range(len(pixels))
+        ]
+
+    def _result(
+        self, i: int, probabilities, class_bpd, bpd: float, p: dict[str, np.ndarray], explanation
+    ) -> TrustResult:
+        calibration = self.calibration
+        ood_p = float(p[calibration.ood_statistic][i])
+        attack_p = float(p[calibration.attack_statistic][i])
+        ood = ood_p < calibration.ood_alpha
+        attack = attack_p < calibration.attack_alpha
+        decision = (
+            Decision.REJECTED_OOD
+            if ood
+            else Decision.FLAGGED_ATTACK
+            if attack
+            else Decision.ACCEPTED
+        )
+        components = {name: float(p[name][i]) for name in self._statistics}
+        return TrustResult(
+            probabilities=probabilities,
+            class_bits_per_dim=class_bpd,
+            bits_per_dim=bpd,
+            ood_statistic=calibration.ood_statistic,
+            ood_p_value=ood_p,
+            ood_alpha=calibration.ood_alpha,
+            out_of_distribution=bool(ood),
+            component_p_values=components,
+            attack_statistic=calibration.attack_statistic,
+            attack_p_value=attack_p,
+            attack_alpha=calibration.attack_alpha,
+            attack_suspected=bool(attack),
+            decision=decision,
+            explanation=explanation,
+        )
+
+    def _explanations(self, outputs, wants: list[bool]) -> dict[int, dict[str, Any]]:
+        """Heatmaps and decision-space coordinates for the images that asked for them."""
+        chosen = [i for i, want in enumerate(wants) if want]
+        if not chosen:
+            return {}
+        from trustgc.explain import decision_space, posterior_heatmaps
+
+        latents = torch.from_numpy(outputs.latents[chosen]).to(self.device)
+        head = self.model.head
+        with torch.inference_mode():
+            latents = latents.to(head.full_means.dtype)
+            maps = posterior_heatmaps(latents, head, self.manifest.config.latent_shape)
+            spaces = decision_space(latents, head)
+        return {
+            index: {
+                "posterior_heatmaps": maps[row].double().cpu().numpy(),
+                "decision_space": spaces[row],
+            }
+            for row, index in enumerate(chosen)
+        }

@@ -1,0 +1,79 @@
+"""Per-image test statistics computed from one forward pass (and, for one, the raw pixels).
+
+Each statistic is a function of a batch's :class:`~trustgc.inference.ModelOutputs`.  Their
+in-distribution laws are learned empirically by calibration, so none needs a closed form.
+
+- ``typicality``: -log q(x) / D, nats per dimension: the paper's typicality test (two-sided).
+- ``complexity_corrected``: (-log2 q(x) - L(x)) / D with L(x) the image's length in bits under a
+  generic lossless compressor (PNG).  Serra et al. (ICLR 2020): simple images such as MNIST
+  digits get high likelihood from any model; subtracting their complexity cancels that.
+  OoD inputs are those the model explains *no better* than PNG does (one-sided, upper).
+- ``max_posterior``: -max_y log q(y|x): the classifier's own doubt (one-sided, upper).
+- ``class_distance``: ||z - mu_yhat||^2 / D, the latent distance to the predicted class mean: a
+  class-conditional typicality test.  Adversarial inputs are pushed to a class's posterior
+  without becoming typical samples of that class (two-sided).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from trustgc.inference import ModelOutputs
+
+__all__ = ["STATISTICS", "compute_statistics", "png_code_length_bits"]
+
+
+def png_code_length_bits(pixels: np.ndarray) -> np.ndarray:
+    """PNG file size in bits of each uint8 image (N, C, H, W), C in {1, 3}: L(x) for Serra's test."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
+        raise ValueError(f"expected uint8 (N, 1|3, H, W), got {pixels.dtype} {pixels.shape}")
+    lengths = np.empty(pixels.shape[0], dtype=np.float64)
+    for index, image in enumerate(pixels):
+        array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+        lengths[index] = 8.0 * buffer.tell()
+    return lengths
+
+
+def _typicality(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+    return -outputs.log_likelihood / outputs.dim
+
+
+def _complexity_corrected(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+    model_bits = -outputs.log_likelihood / math.log(2.0) + 8.0 * outputs.dim  # 8-bit pixels
+    return (model_bits - png_code_length_bits(pixels)) / outputs.dim
+
+
+def _max_posterior(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+    return -outputs.log_posterior.max(axis=1)
+
+
+def _class_distance(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+    predicted = outputs.log_posterior.argmax(axis=1)
+    return outputs.squared_distances[np.arange(predicted.size), predicted] / outputs.dim
+
+
+STATISTICS: dict[str, Callable[[ModelOutputs, np.ndarray], np.ndarray]] = {
+    "typicality": _typicality,
+    "complexity_corrected": _complexity_corrected,
+    "max_posterior": _max_posterior,
+    "class_distance": _class_distance,
+}
+
+
+def compute_statistics(
+    outputs: ModelOutputs, pixels: np.ndarray, names: list[str] | tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """The named statistics for a batch; ``pixels`` are the uint8 inputs (N, C, H, W)."""
+    if not outputs.is_generative:
+        raise ValueError("trust statistics need a generative model (likelihoods)")
+    unknown = set(names) - set(STATISTICS)
+    if unknown:
+        raise ValueError(f"unknown statistics {sorted(unknown)}; known: {sorted(STATISTICS)}")
+    return {name: STATISTICS[name](outputs, pixels) for name in names}

@@ -29,7 +29,7 @@ __all__ = ["STATISTICS", "compute_statistics", "png_code_length_bits"]
 
 
 def png_code_length_bits(pixels: np.ndarray) -> np.ndarray:
-    """PNG file size in bits of each uint8 image (N, C, H, W), C in {1, 3}: L(x) for Serra's test."""
+    """PNG size in bits of each uint8 image (N, C, H, W), C in {1, 3}: L(x) of Serra et al."""
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 (N, 1|3, H, W), got {pixels.dtype} {pixels.shape}")
     lengths = np.empty(pixels.shape[0], dtype=np.float64)

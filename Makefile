@@ -30,10 +30,34 @@ lint: $(STAMP)  ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+serve: $(STAMP) model_store/fashion_mnist.mar  ## serve the shipped model on 127.0.0.1 (Ctrl-C stops)
+	$(VENV)/bin/trustgc serve
+
+start: $(STAMP) model_store/fashion_mnist.mar  ## start TorchServe in the background
+	$(VENV)/bin/trustgc start
+
+stop: $(STAMP)  ## stop the background TorchServe
+	$(VENV)/bin/trustgc stop
+
+model_store/fashion_mnist.mar: | $(STAMP)
+	$(VENV)/bin/trustgc archive --model $(MODEL_DIR)
+
+archive: $(STAMP)  ## rebuild model_store/fashion_mnist.mar from the model artifact
+	$(VENV)/bin/trustgc archive --model $(MODEL_DIR)
+
+protos: $(STAMP)  ## regenerate the gRPC/protobuf stubs in serving/grpc_stubs
+	PYTHON=$(PY) scripts/gen_protos.sh
+
+schema: $(STAMP)  ## write the response JSON Schema to docs/response.schema.json
+	$(PY) -m serving.schema_export docs/response.schema.json
+
+calibrate: $(STAMP)  ## refit the shipped model's p-value references
+	$(VENV)/bin/trustgc calibrate --model $(MODEL_DIR)
+
 train-default: $(STAMP)  ## retrain the shipped Fashion-MNIST model (hours on 2 CPU cores)
 	$(VENV)/bin/trustgc train --config fashion_mnist --out $(MODEL_DIR)
 
 evaluate: $(STAMP)  ## test metrics of the shipped model
 	$(VENV)/bin/trustgc evaluate --model $(MODEL_DIR)
 
-.PHONY: help setup test test-slow lint train-default evaluate
+.PHONY: help setup test test-slow lint serve start stop archive protos schema calibrate train-default evaluate

@@ -171,6 +171,104 @@ def _run_ood(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_archive(commands) -> None:
+    parser = commands.add_parser("archive", help="build model_store/NAME.mar for TorchServe")
+    parser.add_argument("--model", type=Path, default=Path("model_store/fashion_mnist"))
+    parser.add_argument("--export-path", type=Path, default=Path("model_store"))
+    parser.add_argument("--name", help="archive and model name (default: the model's name)")
+    parser.set_defaults(run=_run_archive)
+
+
+def _run_archive(args: argparse.Namespace) -> int:
+    from serving.archive import build_archive
+
+    print(f"wrote {build_archive(args.model, args.export_path, args.name)}")
+    return 0
+
+
+def _server_settings(args: argparse.Namespace):
+    from serving.server import ServerSettings
+
+    settings = ServerSettings(auth=not args.no_auth)
+    if args.model_store:
+        settings.model_store = args.model_store
+    return settings
+
+
+def _add_server(commands) -> None:
+    for name, text in (
+        ("serve", "run TorchServe in the foreground (Ctrl-C stops it)"),
+        ("start", "start TorchServe in the background"),
+        ("stop", "stop a running TorchServe"),
+    ):
+        parser = commands.add_parser(name, help=text)
+        parser.add_argument(
+            "--no-auth", action="store_true", help="turn token auth off (local experiments only)"
+        )
+        parser.add_argument("--model-store", type=Path)
+        parser.set_defaults(run=_run_server)
+
+
+def _run_server(args: argparse.Namespace) -> int:
+    from serving.server import run_foreground, start_background, stop_server
+
+    settings = _server_settings(args)
+    if args.command == "serve":
+        return run_foreground(settings)
+    if args.command == "start":
+        return start_background(settings)
+    return stop_server(settings)
+
+
+def _add_classify(commands) -> None:
+    parser = commands.add_parser("classify", help="classify image files with a running server")
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
+    parser.add_argument("--json", action="store_true", help="print the JSON answers")
+    parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--model", default="fashion_mnist")
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--grpc-target", default="127.0.0.1:7070")
+    parser.add_argument("--token", help="inference key (default: $TRUSTGC_TOKEN or key file)")
+    parser.add_argument("--key-file", type=Path, default=Path(".run/torchserve/key_file.json"))
+    parser.set_defaults(run=_run_classify)
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from serving.client import ClassifierClient, resolve_token
+    from serving.schema import ErrorResponse
+
+    client = ClassifierClient(
+        model=args.model,
+        http_url=args.url,
+        grpc_target=args.grpc_target,
+        token=resolve_token(args.token, args.key_file),
+    )
+    failures = 0
+    if not args.json:
+        print(
+            f"{'image':<28}{'decision':<16}{'prediction':<16}{'prob.':>7}{'OoD p':>9}"
+            f"{'attack p':>10}{'bits/dim':>10}"
+        )
+    for path in args.images:
+        answer = client.classify(
+            path.read_bytes(), explain=args.explain, top_k=args.top_k, use_grpc=args.grpc
+        )
+        if args.json:
+            print(answer.model_dump_json(exclude_none=True, indent=2))
+        elif isinstance(answer, ErrorResponse):
+            print(f"{path.name:<28}error: {answer.error.code}: {answer.error.message}")
+        else:
+            print(
+                f"{path.name:<28}{answer.decision:<16}{answer.prediction.label:<16}"
+                f"{answer.prediction.probability:>7.3f}{answer.typicality.p_value:>9.4f}"
+                f"{answer.attack.p_value:>10.4f}{answer.log_likelihood.bits_per_dim:>10.3f}"
+            )
+        failures += isinstance(answer, ErrorResponse)
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trustgc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_calibrate(commands)
     _add_ood(commands)
+    _add_archive(commands)
+    _add_server(commands)
+    _add_classify(commands)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""``trustgc archive``: build ``model_store/NAME.mar`` from a calibrated model artifact.
+
+The archive holds the artifact's data files and the model-config yaml; its handler is the small
+shim ``serving/torchserve_entry.py`` that imports the installed package, so code is never
+duplicated inside the archive.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from trustgc.artifact import load_manifest
+from trustgc.trust.calibration import CALIBRATION_FILE
+
+__all__ = ["ARTIFACT_FILES", "build_archive"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACT_FILES = ("model.json", "weights.safetensors", CALIBRATION_FILE)
+DEFAULT_MODEL_CONFIG = REPO_ROOT / "deploy" / "torchserve" / "model-config.yaml"
+ENTRY = Path(__file__).resolve().parent / "torchserve_entry.py"
+
+
+def build_archive(
+    model_dir: Path,
+    export_dir: Path,
+    name: str | None = None,
+    model_config: Path = DEFAULT_MODEL_CONFIG,
+) -> Path:
+    """Write ``export_dir/NAME.mar``; returns its path."""
+    model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir)
+    missing = [f for f in ARTIFACT_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{model_dir} lacks {missing}: train and calibrate it first")
+    name = name or manifest.name
+    export_dir.mkdir(parents=True, exist_ok=True)
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    with tempfile.TemporaryDirectory() as staging:
+        staged = [shutil.copy2(model_dir / f, Path(staging) / f) for f in ARTIFACT_FILES]
+        command = [
+            str(archiver),
+            "--model-name",
+            name,
+            "--version",
+            manifest.version,
+            "--handler",
+            str(ENTRY),
+            "--extra-files",
+            ",".join(map(str, staged)),
+            "--config-file",
+            str(model_config),
+            "--export-path",
+            str(export_dir),
+            "--force",
+        ]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return export_dir / f"{name}.mar"

@@ -1,0 +1,133 @@
+"""Client SDK: classify images over REST or gRPC and get the typed pydantic answer back.
+
+The token comes from the argument, the ``TRUSTGC_TOKEN`` environment variable, or TorchServe's
+``key_file.json``; requests time out; 503 answers (no worker free, a worker restarting) and
+connection failures are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import requests
+
+from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
+from serving.schema import ClassificationResponse, ErrorResponse
+from serving.server import read_keys
+
+__all__ = ["ClassifierClient", "ClientError", "resolve_token"]
+
+RETRYABLE_HTTP = {502, 503, 504}
+RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class ClientError(RuntimeError):
+    """The server answered with an error the client cannot fix by retrying."""
+
+    def __init__(self, status: int | str, body: str) -> None:
+        super().__init__(f"server answered {status}: {body[:500]}")
+        self.status = status
+        self.body = body
+
+
+def resolve_token(token: str | None = None, key_file: Path | None = None) -> str | None:
+    """An explicit token, else $TRUSTGC_TOKEN, else the inference key from the key file."""
+    if token:
+        return token
+    if os.environ.get("TRUSTGC_TOKEN"):
+        return os.environ["TRUSTGC_TOKEN"]
+    if key_file is not None and Path(key_file).is_file():
+        return read_keys(Path(key_file).parent, timeout=5)["inference"]
+    return None
+
+
+@dataclass
+class ClassifierClient:
+    """Talks to one TorchServe model over REST (``http_url``) or gRPC (``grpc_target``)."""
+
+    model: str = "fashion_mnist"
+    http_url: str = "http://127.0.0.1:8080"
+    grpc_target: str = "127.0.0.1:7070"
+    token: str | None = None
+    timeout: float = 30.0
+    retries: int = 4
+    backoff: float = 0.25
+
+    def _sleep(self, attempt: int) -> None:
+        time.sleep(self.backoff * (2**attempt))
+
+    @staticmethod
+    def _parse(payload: bytes | str) -> ClassificationResponse | ErrorResponse:
+        text = payload.decode() if isinstance(payload, bytes) else payload
+        if '"error"' in text[:20]:
+            return ErrorResponse.model_validate_json(text)
+        return ClassificationResponse.model_validate_json(text)
+
+    def classify(
+        self, image: bytes, explain: bool = False, top_k: int = 10, use_grpc: bool = False
+    ) -> ClassificationResponse | ErrorResponse:
+        """Classify one image; a bad image comes back as :class:`ErrorResponse`."""
+        if use_grpc:
+            return self._classify_grpc(image, explain, top_k)
+        return self._classify_http(image, explain, top_k)
+
+    def _classify_http(self, image: bytes, explain: bool, top_k: int):
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Trustgc-Explain": str(explain).lower(),
+            "X-Trustgc-Top-K": str(top_k),
+        }
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        url = f"{self.http_url}/predictions/{self.model}"
+        for attempt in range(self.retries + 1):
+            try:
+                answer = requests.post(url, data=image, headers=headers, timeout=self.timeout)
+            except requests.ConnectionError:
+                if attempt == self.retries:
+                    raise
+                self._sleep(attempt)
+                continue
+            if answer.status_code in RETRYABLE_HTTP and attempt < self.retries:
+                self._sleep(attempt)
+                continue
+            if (
+                answer.status_code < 500
+                and answer.headers.get("content-type", "").startswith("application/json")
+                and answer.text.startswith('{"')
+            ):
+                parsed = self._parse(answer.text)
+                if answer.ok or isinstance(parsed, ErrorResponse):
+                    return parsed
+            raise ClientError(answer.status_code, answer.text)
+        raise AssertionError("unreachable")
+
+    def _classify_grpc(self, image: bytes, explain: bool, top_k: int):
+        request = inference_pb2.PredictionsRequest(
+            model_name=self.model,
+            input={
+                "data": image,
+                "explain": str(explain).lower().encode(),
+                "top_k": str(top_k).encode(),
+            },
+        )
+        metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+            for attempt in range(self.retries + 1):
+                try:
+                    reply = stub.Predictions(request, metadata=metadata, timeout=self.timeout)
+                    return self._parse(reply.prediction)
+                except grpc.RpcError as error:
+                    if error.code() in RETRYABLE_GRPC and attempt < self.retries:
+                        self._sleep(attempt)
+                        continue
+                    details = error.details() or ""
+                    if details.startswith('{"error"'):
+                        return ErrorResponse.model_validate_json(details)
+                    raise ClientError(error.code().name, details) from error
+        raise AssertionError("unreachable")

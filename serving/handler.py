@@ -1,0 +1,149 @@
+"""TorchServe adapter: decode each request, run the core Predictor once per batch, encode.
+
+This is the only module (with ``serving.server``) that knows TorchServe.  It holds no model
+math: everything numerical happens in :class:`trustgc.trust.Predictor`.  Per-request errors
+are isolated: a bad input gets its own 4xx status and JSON error body while every other
+request of the same batch is answered normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serving.decode import DecodeLimits, decode_image
+from serving.errors import ErrorCode, InputError, http_status
+from serving.metrics import HandlerMetrics
+from serving.requests import RequestOptions, parse_request
+from serving.schema import build_response, error_response
+from trustgc.trust.predictor import Predictor
+
+__all__ = ["TrustGCHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+def _model_yaml(context) -> dict[str, Any]:
+    config = getattr(context, "model_yaml_config", None) or {}
+    return dict(config.get("trustgc", {}) or {})
+
+
+def _headers(context, index: int) -> dict[str, Any]:
+    try:
+        return dict(context.get_all_request_header(index) or {})
+    except (AttributeError, IndexError, KeyError, TypeError):  # gRPC and unit-test contexts
+        return {}
+
+
+class TrustGCHandler:
+    """Loaded once per worker in :meth:`initialize`; :meth:`handle` answers one batch."""
+
+    def __init__(self) -> None:
+        self.predictor: Predictor | None = None
+        self.metrics: HandlerMetrics | None = None
+        self.limits = DecodeLimits()
+        self.model_name = "unknown"
+        self.model_version = "1"
+
+    def initialize(self, context) -> None:
+        settings = _model_yaml(context)
+        threads = int(settings.get("torch_threads", os.environ.get("TRUSTGC_TORCH_THREADS", 1)))
+        torch.set_num_threads(max(1, threads))
+        model_dir = Path(context.system_properties["model_dir"])
+        self.predictor = Predictor.from_artifact(model_dir, device="cpu")
+        manifest = self.predictor.manifest
+        self.model_name = context.manifest.get("model", {}).get("modelName", manifest.name)
+        self.model_version = manifest.version
+        self.limits = DecodeLimits(
+            max_bytes=int(settings.get("max_body_bytes", self.limits.max_bytes)),
+            max_pixels=int(settings.get("max_image_pixels", self.limits.max_pixels)),
+        )
+        self.metrics = (
+            HandlerMetrics(context.metrics, self.model_name, manifest.class_names)
+            if context.metrics
+            else None
+        )
+        logger.info("trustgc handler ready: model %s, %d torch threads", self.model_name, threads)
+
+    def handle(self, data: list[dict[str, Any]], context) -> list[bytes | str]:
+        started = time.perf_counter()
+        assert self.predictor is not None, "initialize() was not called"
+        channels, height, width = self.predictor.input_shape
+        answers: list[bytes | str | None] = [None] * len(data)
+        good: list[tuple[int, np.ndarray, RequestOptions]] = []
+        for index, entry in enumerate(data):
+            try:
+                image_bytes, options = parse_request(entry, _headers(context, index))
+                good.append(
+                    (
+                        index,
+                        decode_image(image_bytes, height, width, channels, self.limits),
+                        options,
+                    )
+                )
+            except InputError as error:
+                answers[index] = self._error(context, index, error.code, error.message)
+        if good:
+            try:
+                self._predict(good, answers, context)
+            except Exception:  # never fail the whole batch: answer each request with a 500
+                logger.exception("prediction failed for a batch of %d", len(good))
+                for index, _, _ in good:
+                    answers[index] = self._error(
+                        context, index, ErrorCode.INTERNAL, "the model failed on this batch; retry"
+                    )
+        if self.metrics:
+            self.metrics.latency(time.perf_counter() - started, len(data))
+        return [answer if answer is not None else b"" for answer in answers]
+
+    def _predict(self, good, answers, context) -> None:
+        pixels = np.stack([pixels for _, pixels, _ in good])
+        explain = [options.explain for _, _, options in good]
+        with torch.inference_mode():
+            results = self.predictor.predict(pixels, explain=explain)
+        for (index, _, options), result in zip(good, results, strict=True):
+            response = build_response(
+                result,
+                self.model_name,
+                self.model_version,
+                self.predictor.class_names,
+                options.top_k,
+            )
+            if self.metrics:
+                self.metrics.observe(response)
+            answers[index] = self._encode(context, index, response, options)
+
+    def _encode(self, context, index: int, response, options: RequestOptions) -> bytes | str:
+        if options.format == "protobuf":
+            from serving.proto_codec import to_protobuf
+
+            context.set_response_content_type(index, "application/x-protobuf")
+            return to_protobuf(response)
+        context.set_response_content_type(index, "application/json")
+        return response.model_dump_json(exclude_none=True)
+
+    def _error(self, context, index: int, code: ErrorCode, message: str) -> str:
+        status, phrase = http_status(code)
+        context.set_response_status(status, phrase, index)
+        context.set_response_content_type(index, "application/json")
+        if self.metrics:
+            self.metrics.invalid_input()
+        return error_response(code.value, message).model_dump_json()
+
+
+_service = TrustGCHandler()
+
+
+def handle(data, context):
+    """TorchServe's module-level entry point (see serving/torchserve_entry.py)."""
+    if data is None:  # TorchServe's initialisation call
+        return None
+    if _service.predictor is None:
+        _service.initialize(context)
+    return _service.handle(data, context)

@@ -16,10 +16,12 @@ from pathlib import Path
 from trustgc.artifact import load_manifest
 from trustgc.trust.calibration import CALIBRATION_FILE
 
-__all__ = ["ARTIFACT_FILES", "build_archive"]
+__all__ = ["ARTIFACT_FILES", "OPTIONAL_ARTIFACT_FILES", "build_archive"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT_FILES = ("model.json", "weights.safetensors", CALIBRATION_FILE)
+# Packed when present: the exported flow for `backend: onnxruntime` (trustgc export-onnx).
+OPTIONAL_ARTIFACT_FILES = ("model.onnx", "onnx.json")
 DEFAULT_MODEL_CONFIG = REPO_ROOT / "deploy" / "torchserve" / "model-config.yaml"
 ENTRY = Path(__file__).resolve().parent / "torchserve_entry.py"
 
@@ -40,7 +42,10 @@ def build_archive(
     export_dir.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     with tempfile.TemporaryDirectory() as staging:
-        staged = [shutil.copy2(model_dir / f, Path(staging) / f) for f in ARTIFACT_FILES]
+        present = [f for f in OPTIONAL_ARTIFACT_FILES if (model_dir / f).is_file()]
+        staged = [
+            shutil.copy2(model_dir / f, Path(staging) / f) for f in (*ARTIFACT_FILES, *present)
+        ]
         command = [
             str(archiver),
             "--model-name",

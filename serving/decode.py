@@ -77,9 +77,8 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        array = np.asarray(image, dtype=np.float64)  # 16-bit: full scale is 65535
+        image = Image.fromarray(np.clip(array / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8))
     return image.convert("L" if channels == 1 else "RGB")
 
 

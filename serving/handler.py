@@ -20,7 +20,7 @@ import torch
 from serving.decode import DecodeLimits, decode_image
 from serving.errors import ErrorCode, InputError, http_status
 from serving.metrics import HandlerMetrics
-from serving.requests import RequestOptions, parse_request
+from serving.requests import RequestOptions, parse_request, wants_protobuf
 from serving.schema import build_response, error_response
 from trustgc.trust.predictor import Predictor
 
@@ -56,7 +56,11 @@ class TrustGCHandler:
         threads = int(settings.get("torch_threads", os.environ.get("TRUSTGC_TORCH_THREADS", 1)))
         torch.set_num_threads(max(1, threads))
         model_dir = Path(context.system_properties["model_dir"])
-        self.predictor = Predictor.from_artifact(model_dir, device="cpu")
+        backend = str(settings.get("backend", "torch"))  # or "onnxruntime": needs model.onnx
+        onnx_threads = int(settings.get("onnx_threads", os.environ.get("TRUSTGC_ONNX_THREADS", 1)))
+        self.predictor = Predictor.from_artifact(
+            model_dir, device="cpu", backend=backend, onnx_threads=max(1, onnx_threads)
+        )
         manifest = self.predictor.manifest
         self.model_name = context.manifest.get("model", {}).get("modelName", manifest.name)
         self.model_version = manifest.version
@@ -69,7 +73,12 @@ class TrustGCHandler:
             if context.metrics
             else None
         )
-        logger.info("trustgc handler ready: model %s, %d torch threads", self.model_name, threads)
+        logger.info(
+            "trustgc handler ready: model %s, backend %s, %d torch threads",
+            self.model_name,
+            backend,
+            threads,
+        )
 
     def handle(self, data: list[dict[str, Any]], context) -> list[bytes | str]:
         started = time.perf_counter()
@@ -88,7 +97,8 @@ class TrustGCHandler:
                     )
                 )
             except InputError as error:
-                answers[index] = self._error(context, index, error.code, error.message)
+                protobuf = wants_protobuf(entry, _headers(context, index))
+                answers[index] = self._error(context, index, error.code, error.message, protobuf)
         if good:
             try:
                 self._predict(good, answers, context)
@@ -128,13 +138,22 @@ class TrustGCHandler:
         context.set_response_content_type(index, "application/json")
         return response.model_dump_json(exclude_none=True)
 
-    def _error(self, context, index: int, code: ErrorCode, message: str) -> str:
+    def _error(
+        self, context, index: int, code: ErrorCode, message: str, protobuf: bool = False
+    ) -> bytes | str:
+        """A per-request error in the encoding the request asked for (JSON by default)."""
         status, phrase = http_status(code)
         context.set_response_status(status, phrase, index)
-        context.set_response_content_type(index, "application/json")
         if self.metrics:
             self.metrics.invalid_input()
-        return error_response(code.value, message).model_dump_json()
+        error = error_response(code.value, message)
+        if protobuf:
+            from serving.proto_codec import to_protobuf
+
+            context.set_response_content_type(index, "application/x-protobuf")
+            return to_protobuf(error)
+        context.set_response_content_type(index, "application/json")
+        return error.model_dump_json()
 
 
 _service = TrustGCHandler()

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.errors import ErrorCode, InputError
 
-__all__ = ["RequestOptions", "parse_request"]
+__all__ = ["RequestOptions", "parse_request", "wants_protobuf"]
 
 _OPTION_KEYS = ("explain", "top_k", "format")
 _BODY_KEYS = ("data", "body", "file", "image")
@@ -87,3 +87,10 @@ def parse_request(
         raise InputError(ErrorCode.MISSING_IMAGE, "malformed request entry")
     options = _options(entry, headers or {})
     return _image_bytes(entry), options
+
+
+def wants_protobuf(entry: Any, headers: dict[str, Any] | None = None) -> bool:
+    """Best effort for error answers: did the request ask for protobuf, valid or not?"""
+    values = [entry.get("format")] if isinstance(entry, dict) else []
+    values += [v for k, v in (headers or {}).items() if str(k).lower() == HEADER_PREFIX + "format"]
+    return any(v is not None and _text(v).strip().lower() == "protobuf" for v in values)

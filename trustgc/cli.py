@@ -186,6 +186,35 @@ def _run_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_onnx(commands) -> None:
+    parser = commands.add_parser(
+        "export-onnx", help="export the network f to DIR/model.onnx for the onnxruntime backend"
+    )
+    parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    parser.add_argument(
+        "--exporter",
+        choices=("auto", "dynamo", "torchscript"),
+        default="auto",
+        help="torch exporter (auto: dynamo, falling back to torchscript)",
+    )
+    parser.set_defaults(run=_run_export_onnx)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    from trustgc.onnx_backend import DEFAULT_OPSET, ONNX_FILE, ONNX_INFO_FILE, export_artifact
+
+    info = export_artifact(args.model, args.opset or DEFAULT_OPSET, args.exporter)
+    check = info["check"]
+    print(
+        f"wrote {args.model / ONNX_FILE} ({info['bytes'] / 1e6:.1f} MB, {info['exporter']} "
+        f"exporter, opset {info['opset']}, {info['export_seconds']:.0f} s) and "
+        f"{args.model / ONNX_INFO_FILE}; max |z_onnx - z_torch| = "
+        f"{check['max_abs_latent_diff']:.2e}"
+    )
+    return 0
+
+
 def _server_settings(args: argparse.Namespace):
     from serving.server import ServerSettings
 
@@ -277,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate(commands)
     _add_ood(commands)
     _add_archive(commands)
+    _add_export_onnx(commands)
     _add_server(commands)
     _add_classify(commands)
     return parser
@@ -286,9 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, TimeoutError, ConnectionError) as error:
         print(f"trustgc {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # client/server failures: a message, not a traceback
+        if type(error).__module__.split(".")[0] not in {"serving", "requests", "grpc"}:
+            raise
+        print(f"trustgc {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -71,6 +71,10 @@ class GaussianMixtureHead(nn.Module):
         """
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(f"expected latents of shape (B, {self.dim}), got {tuple(z.shape)}")
+        with torch.autocast(z.device.type, enabled=False):  # likelihoods stay in fp32 under AMP
+            return self._squared_distances(z)
+
+    def _squared_distances(self, z: Tensor) -> Tensor:
         if not self.is_low_rank:
             means = self.full_means.to(z.dtype)
             return (z.unsqueeze(1) - means.unsqueeze(0)).pow(2).sum(dim=2)

@@ -13,7 +13,13 @@ from torch import Tensor
 
 from trustgc.layers.base import InvertibleLayer
 
-__all__ = ["DCTPooling", "HaarDownsampling", "SpaceToDepth", "dct_matrix"]
+__all__ = ["DCTPooling", "HaarDownsampling", "SpaceToDepth", "dct_matrix", "full_precision"]
+
+
+def full_precision(x: Tensor):
+    """Disable autocast: orthonormal transforms run in the stream's dtype (fp32 under AMP), so
+    the invertible stream and its log-det never drop to bf16."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _check_even(x: Tensor, name: str) -> None:
@@ -74,7 +80,8 @@ class HaarDownsampling(InvertibleLayer):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_even(x, "HaarDownsampling")
-        bands = torch.einsum("fp,bcphw->bfchw", self.bands.to(x.dtype), _blocks(x))
+        with full_precision(x):
+            bands = torch.einsum("fp,bcphw->bfchw", self.bands.to(x.dtype), _blocks(x))
         b, _, c, h, w = bands.shape
         y = bands.reshape(b, 4 * c, h, w) * self.rebalance
         return y, self._logdet(x, 1.0)
@@ -82,7 +89,8 @@ class HaarDownsampling(InvertibleLayer):
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         b, c4, h, w = y.shape
         bands = y.reshape(b, 4, c4 // 4, h, w) / self.rebalance
-        x = _unblocks(torch.einsum("fp,bfchw->bcphw", self.bands.to(y.dtype), bands))
+        with full_precision(y):
+            x = _unblocks(torch.einsum("fp,bfchw->bcphw", self.bands.to(y.dtype), bands))
         return x, self._logdet(y, -1.0)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -122,13 +130,15 @@ class DCTPooling(InvertibleLayer):
                 f"got {tuple(x.shape)}"
             )
         a_h, a_w = self.dct_h.to(x.dtype), self.dct_w.to(x.dtype)
-        coefficients = torch.einsum("uh,bchw,vw->buvc", a_h, x, a_w)
+        with full_precision(x):
+            coefficients = torch.einsum("uh,bchw,vw->buvc", a_h, x, a_w)
         return coefficients.reshape(x.shape[0], -1), x.new_zeros(x.shape[0])
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         a_h, a_w = self.dct_h.to(y.dtype), self.dct_w.to(y.dtype)
         coefficients = y.reshape(y.shape[0], self.height, self.width, self.channels)
-        x = torch.einsum("uh,buvc,vw->bchw", a_h, coefficients, a_w)
+        with full_precision(y):
+            x = torch.einsum("uh,buvc,vw->bchw", a_h, coefficients, a_w)
         return x, y.new_zeros(y.shape[0])
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -4,12 +4,13 @@ Fitted on the held-out calibration split (never seen in training):
 
 - the whole split gives each statistic's reference distribution: the reported component
   p-values, the paper's typicality test and the attack test;
-- the production OoD statistic combines components by Fisher's T = -2 sum_i log p_i.  Its
-  component p-values must be out-of-sample for the calibration of T, so the split is divided:
-  part A fits the combination's own component references, part B the reference of T.
+- the production OoD statistic combines three components (see :func:`combined_statistic`).
+  Its component p-values must be out-of-sample for the calibration of T, so the split is divided:
+  part A fits the combination's own component references (with exponential tails beyond
+  their range, so that one extreme component can reject on its own), part B the reference of T.
 
-Calibrating T empirically (instead of assuming T ~ chi^2 with 2k degrees of freedom) keeps the
-combined p-value valid although the components are correlated.  The result is stored in
+Calibrating T empirically (instead of assuming a chi^2 or Beta law) keeps the combined p-value
+valid although the components are correlated.  The result is stored in
 ``calibration.json`` inside the model artifact: sorted arrays plus a summary, and the alphas.
 """
 
@@ -32,7 +33,7 @@ __all__ = [
     "STATISTIC_SIDES",
     "Calibration",
     "ReferenceDistribution",
-    "fisher_statistic",
+    "combined_statistic",
     "fit_calibration",
     "load_calibration",
     "save_calibration",
@@ -50,7 +51,7 @@ STATISTIC_SIDES: dict[str, Side] = {
 }
 PAPER_STATISTIC = "typicality"
 OOD_COMPONENTS = ("complexity_corrected", "typicality", "max_posterior")
-PRODUCTION_OOD_STATISTIC = "fisher_combined"
+PRODUCTION_OOD_STATISTIC = "combined_ood"
 ATTACK_STATISTIC = "class_distance"
 
 
@@ -79,8 +80,8 @@ class ReferenceDistribution(BaseModel):
         }
         return cls(statistic=statistic, side=side, sorted_scores=scores.tolist(), summary=summary)
 
-    def reference(self) -> EmpiricalReference:
-        return EmpiricalReference(np.asarray(self.sorted_scores), self.side)
+    def reference(self, tail_extrapolation: bool = False) -> EmpiricalReference:
+        return EmpiricalReference(np.asarray(self.sorted_scores), self.side, tail_extrapolation)
 
 
 class Calibration(BaseModel):
@@ -95,14 +96,24 @@ class Calibration(BaseModel):
     ood_components: tuple[str, ...] = OOD_COMPONENTS
     attack_statistic: str = ATTACK_STATISTIC
     components: dict[str, ReferenceDistribution]  # fitted on the whole calibration split
-    combination_components: dict[str, ReferenceDistribution]  # part A, inside Fisher's T only
+    combination_components: dict[str, ReferenceDistribution]  # part A, inside T only
     combined: ReferenceDistribution  # T on part B
     split: dict[str, int | str] = Field(default_factory=dict)
 
 
-def fisher_statistic(p_values: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
-    """Fisher's combination T = -2 sum_i log p_i (large T: jointly small p-values)."""
-    return -2.0 * sum(np.log(p_values[name]) for name in names)
+def combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
+    """The production OoD statistic (large T: out of distribution):
+
+        T = max( -log p_complexity - log p_max_posterior,  -log p_typicality )
+
+    a min-p (Tippett) test over two tests: Fisher's product of the complexity-corrected
+    likelihood and the classifier's doubt (catches simple images such as MNIST digits, which get
+    *higher* likelihood, and ambiguous ones), and the paper's two-sided typicality test (catches
+    noise, which no model or compressor explains).  A Fisher sum over all three would let a
+    component with p near 1 (noise looks "complex enough") dilute an extreme typicality p.
+    """
+    fisher = -np.log(p_values["complexity_corrected"]) - np.log(p_values["max_posterior"])
+    return np.maximum(fisher, -np.log(p_values["typicality"]))
 
 
 def _references(statistics: dict[str, np.ndarray], names) -> dict[str, ReferenceDistribution]:
@@ -127,12 +138,12 @@ def fit_calibration(
     both = {name: np.concatenate([statistics_a[name], statistics_b[name]]) for name in needed}
     combination_components = _references(statistics_a, OOD_COMPONENTS)
     p_b = {
-        name: combination_components[name].reference().p_value(statistics_b[name])
+        name: combination_components[name]
+        .reference(tail_extrapolation=True)
+        .p_value(statistics_b[name])
         for name in OOD_COMPONENTS
     }
-    combined = ReferenceDistribution.fit(
-        PRODUCTION_OOD_STATISTIC, "upper", fisher_statistic(p_b, OOD_COMPONENTS)
-    )
+    combined = ReferenceDistribution.fit(PRODUCTION_OOD_STATISTIC, "upper", combined_statistic(p_b))
     return Calibration(
         ood_alpha=ood_alpha,
         attack_alpha=attack_alpha,

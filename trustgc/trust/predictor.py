@@ -25,12 +25,14 @@ from trustgc.scoring import bits_per_dim
 from trustgc.trust.calibration import (
     PAPER_STATISTIC,
     Calibration,
-    fisher_statistic,
+    combined_statistic,
     load_calibration,
 )
 from trustgc.trust.statistics import compute_statistics
 
-__all__ = ["Decision", "Predictor", "TrustResult"]
+__all__ = ["BACKENDS", "Decision", "Predictor", "TrustResult"]
+
+BACKENDS = ("torch", "onnxruntime")  # what runs the network f; scoring is always torch
 
 
 class Decision(StrEnum):
@@ -72,10 +74,22 @@ class Predictor:
         manifest: ModelManifest,
         calibration: Calibration,
         device: str | torch.device = "cpu",
+        backend: str = "torch",
+        onnx_path: Path | str | None = None,
+        onnx_threads: int = 1,
     ) -> None:
         if manifest.config.kind != "ibinn":
             raise ValueError("the trust layer needs a generative (ibinn) model")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.model = model.to(device).eval()
+        if backend == "onnxruntime":  # f runs in onnxruntime; the head and scoring stay in torch
+            from trustgc.onnx_backend import OnnxFlow
+
+            if onnx_path is None:
+                raise ValueError("backend 'onnxruntime' needs onnx_path (`trustgc export-onnx`)")
+            self.model = OnnxFlow(onnx_path, self.model.head, onnx_threads).to(device)
         self.manifest = manifest
         self.calibration = calibration
         self.device = torch.device(device)
@@ -83,7 +97,7 @@ class Predictor:
             name: reference.reference() for name, reference in calibration.components.items()
         }
         self._combination_references = {
-            name: reference.reference()
+            name: reference.reference(tail_extrapolation=True)
             for name, reference in calibration.combination_components.items()
         }
         self._combined = calibration.combined.reference()
@@ -94,14 +108,26 @@ class Predictor:
         )
 
     @classmethod
-    def from_artifact(cls, directory: Path | str, device: str = "cpu") -> Predictor:
+    def from_artifact(
+        cls,
+        directory: Path | str,
+        device: str = "cpu",
+        backend: str = "torch",
+        onnx_threads: int = 1,
+    ) -> Predictor:
+        """Load a calibrated artifact; ``backend="onnxruntime"`` runs f from its model.onnx."""
         model, manifest = load_model(directory, device)
         calibration = load_calibration(Path(directory))
         if calibration is None:
             raise ValueError(
                 f"{directory} is not calibrated: run `trustgc calibrate --model {directory}` first"
             )
-        return cls(model, manifest, calibration, device)
+        if backend == "torch":
+            return cls(model, manifest, calibration, device)
+        from trustgc.onnx_backend import checked_onnx_path
+
+        onnx_path = checked_onnx_path(directory) if backend == "onnxruntime" else None
+        return cls(model, manifest, calibration, device, backend, onnx_path, onnx_threads)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -119,7 +145,7 @@ class Predictor:
             name: self._combination_references[name].p_value(statistics[name])
             for name in self.calibration.ood_components
         }
-        combined = fisher_statistic(inner, self.calibration.ood_components)
+        combined = combined_statistic(inner)
         p[self.calibration.ood_statistic] = self._combined.p_value(combined)
         return p
 
@@ -194,7 +220,7 @@ class Predictor:
         with torch.inference_mode():
             latents = latents.to(head.full_means.dtype)
             maps = posterior_heatmaps(latents, head, self.manifest.config.latent_shape)
-            spaces = decision_space(latents, head)
+            spaces = decision_space(latents, head, top=min(5, head.num_classes))
         return {
             index: {
                 "posterior_heatmaps": maps[row].double().cpu().numpy(),

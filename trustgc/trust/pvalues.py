@@ -9,6 +9,17 @@ For a reference sample s_1..s_n drawn from the score's in-distribution law F and
 If s is exchangeable with the reference (the null hypothesis: the input is in-distribution),
 P(p <= alpha) <= alpha for every alpha: the rejection rate never exceeds alpha.  Each lookup is a
 binary search, so a batch of p-values costs O(B log n), nothing beside a forward pass.
+
+These p-values cannot go below 1 / (n + 1): a score far beyond the whole reference gets the same
+p as one just past its maximum.  Where p-values are combined (products, minima), that floor would
+cap what one extreme component can contribute, so ``tail_extrapolation`` continues each tail
+beyond the reference with an exponential fitted to its outermost scores:
+
+    p_upper(s) = exp(-(s - s_max) / tau) / (n + 1)   for s > s_max
+
+with tau the mean excess of the top ``tail_size`` scores over the ``tail_size``-th largest (the
+lower tail alike).  Such scores are then merely *ranked*: the combined statistic is calibrated
+empirically on separate data, so its validity never rests on this tail model.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ Side = Literal["upper", "lower", "two_sided"]
 class EmpiricalReference:
     """A sorted reference sample with p-value lookups for one side."""
 
-    def __init__(self, scores: np.ndarray, side: Side) -> None:
+    def __init__(
+        self, scores: np.ndarray, side: Side, tail_extrapolation: bool = False, tail_size: int = 50
+    ) -> None:
         scores = np.asarray(scores, dtype=np.float64)
         if scores.ndim != 1 or scores.size == 0:
             raise ValueError(f"reference scores must be a non-empty 1-D array, got {scores.shape}")
@@ -35,18 +48,34 @@ class EmpiricalReference:
             raise ValueError(f"side must be upper, lower or two_sided, got {side!r}")
         self.sorted_scores = np.sort(scores)
         self.side: Side = side
+        self.tail_extrapolation = tail_extrapolation
+        k = int(min(max(tail_size, 2), scores.size - 1)) if scores.size > 2 else 0
+        top, bottom = self.sorted_scores[::-1][:k], self.sorted_scores[:k]
+        tiny = np.finfo(np.float64).tiny
+        self._upper_scale = max(float(np.mean(top - top[-1])), tiny) if k else 1.0
+        self._lower_scale = max(float(np.mean(bottom[-1] - bottom)), tiny) if k else 1.0
 
     @property
     def size(self) -> int:
         return int(self.sorted_scores.size)
 
     def p_upper(self, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64)
         at_least = self.size - np.searchsorted(self.sorted_scores, scores, side="left")
-        return (1.0 + at_least) / (self.size + 1.0)
+        p = (1.0 + at_least) / (self.size + 1.0)
+        if self.tail_extrapolation:
+            beyond = np.maximum(scores - self.sorted_scores[-1], 0.0) / self._upper_scale
+            p = np.where(at_least == 0, np.exp(-beyond) / (self.size + 1.0), p)
+        return p
 
     def p_lower(self, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64)
         at_most = np.searchsorted(self.sorted_scores, scores, side="right")
-        return (1.0 + at_most) / (self.size + 1.0)
+        p = (1.0 + at_most) / (self.size + 1.0)
+        if self.tail_extrapolation:
+            beyond = np.maximum(self.sorted_scores[0] - scores, 0.0) / self._lower_scale
+            p = np.where(at_most == 0, np.exp(-beyond) / (self.size + 1.0), p)
+        return p
 
     def p_value(self, scores: np.ndarray) -> np.ndarray:
         """p-values of ``scores`` for this reference's side; NaN scores get p = 0 (reject)."""
@@ -57,4 +86,5 @@ class EmpiricalReference:
             p = self.p_lower(scores)
         else:
             p = np.minimum(1.0, 2.0 * np.minimum(self.p_lower(scores), self.p_upper(scores)))
-        return np.where(np.isnan(scores), 0.0, p)
+        # NaN scores are rejected; exp underflow is floored so log(p) stays finite.
+        return np.where(np.isnan(scores), 0.0, np.maximum(p, 1e-300))

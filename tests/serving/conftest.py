@@ -1,0 +1,210 @@
+"""Fixtures for the serving tests: a real TorchServe for the integration tests.
+
+The session-scoped ``torchserve`` fixture starts TorchServe 0.12 on 127.0.0.1 with the shipped
+``model_store/fashion_mnist.mar``, token auth on and non-default ports, waits until the model's
+workers are READY and stops it at teardown, asserting that no ``org.pytorch.serve.ModelServer``
+java process is left.  Tests marked ``integration`` are skipped (with the reason) when java, the
+archive or the Fashion-MNIST test data are missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = REPO_ROOT / "model_store" / "fashion_mnist"
+MAR_FILE = REPO_ROOT / "model_store" / "fashion_mnist.mar"
+MODEL_NAME = "fashion_mnist"
+MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+PREFERRED_PORTS = {
+    "inference": 18080,
+    "management": 18081,
+    "metrics": 18082,
+    "grpc_inference": 17070,
+    "grpc_management": 17071,
+}
+JAVA_PROCESS = "org.pytorch.serve.ModelServer"
+
+
+def integration_skip_reason() -> str | None:
+    """Why the integration tests cannot run here, or None when they can."""
+    if shutil.which("java") is None:
+        return "TorchServe needs java (Java 17) on PATH; none found"
+    if not MAR_FILE.is_file():
+        return f"the model archive {MAR_FILE} is missing (build it with `make archive`)"
+    try:
+        from training.data import FASHION_MNIST_DIR
+    except ImportError as error:  # pragma: no cover - broken install
+        return f"cannot import training.data: {error}"
+    if not any((FASHION_MNIST_DIR / f"t10k-images-idx3-ubyte{s}").is_file() for s in (".gz", "")):
+        return (
+            f"Fashion-MNIST test data missing in {FASHION_MNIST_DIR} "
+            "(apt-get install dataset-fashion-mnist)"
+        )
+    return None
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
+    reason = None
+    checked = False
+    for item in items:
+        if item.get_closest_marker("integration") is None:
+            continue
+        if Path(item.path).resolve().parent != Path(__file__).resolve().parent:
+            continue
+        if not checked:
+            reason, checked = integration_skip_reason(), True
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def modelserver_pids() -> list[int]:
+    """Process ids of TorchServe java frontends alive on this machine (pgrep)."""
+    try:
+        output = subprocess.run(
+            ["pgrep", "-f", JAVA_PROCESS], capture_output=True, text=True, check=False
+        ).stdout
+    except FileNotFoundError:  # pragma: no cover - procps missing
+        return []
+    return [int(pid) for pid in output.split()]
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def free_ports() -> dict[str, int]:
+    """The preferred non-default ports if all are free, else free ephemeral ones."""
+    if all(_port_free(port) for port in PREFERRED_PORTS.values()):
+        return dict(PREFERRED_PORTS)
+    ports: dict[str, int] = {}
+    while len(ports) < len(PREFERRED_PORTS):
+        port = _ephemeral_port()
+        if port not in ports.values():
+            ports[list(PREFERRED_PORTS)[len(ports)]] = port
+    return ports
+
+
+@dataclass
+class ServedModel:
+    """What the integration tests need to talk to the running TorchServe."""
+
+    settings: object  # serving.server.ServerSettings
+    server: object  # serving.server.TorchServe
+    keys: dict[str, str]
+    model: str = MODEL_NAME
+
+    @property
+    def token(self) -> str:
+        return self.keys["inference"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Inference API headers (token auth)."""
+        return {"Authorization": f"Bearer {self.keys['inference']}"}
+
+    @property
+    def management_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys['management']}"}
+
+    @property
+    def inference_url(self) -> str:
+        return self.settings.url("inference")
+
+    @property
+    def predictions_url(self) -> str:
+        return f"{self.settings.url('inference')}/predictions/{self.model}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.settings.url('metrics')}/metrics"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.settings.host}:{self.settings.ports['grpc_inference']}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.settings.run_dir)
+
+    def client(self, **kwargs):
+        from serving.client import ClassifierClient
+
+        return ClassifierClient(
+            model=self.model,
+            http_url=self.inference_url,
+            grpc_target=self.grpc_target,
+            token=self.token,
+            **kwargs,
+        )
+
+
+def _log_tail(log_dir: Path, lines: int = 40) -> str:
+    tails = []
+    for name in ("torchserve.out", "model_log.log", "ts_log.log"):
+        path = log_dir / name
+        if path.is_file():
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"--- {path} ---\n" + "\n".join(text))
+    return "\n".join(tails)
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory) -> ServedModel:
+    """A real TorchServe serving the shipped .mar on 127.0.0.1 with token auth on."""
+    reason = integration_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    running = modelserver_pids()
+    if running:
+        pytest.skip(
+            f"another TorchServe is already running on this machine (pids {running}); "
+            "TorchServe allows one instance per machine: stop it first (`torchserve --stop`)"
+        )
+    from serving.server import ServerSettings, TorchServe, read_keys
+
+    settings = ServerSettings(
+        run_dir=tmp_path_factory.mktemp("ts"),
+        auth=True,
+        ports=free_ports(),
+    )
+    server = TorchServe(settings)
+    started = time.monotonic()
+    server.start()
+    try:
+        server.wait_ready(MODEL_NAME, timeout=180)
+        keys = read_keys(settings.run_dir)
+    except BaseException as error:
+        tail = _log_tail(server.log_dir)
+        server.stop()
+        if isinstance(error, TimeoutError | RuntimeError):
+            pytest.fail(f"TorchServe did not become ready: {error}\n{tail}")
+        raise
+    served = ServedModel(settings=settings, server=server, keys=keys)
+    print(f"\nTorchServe ready after {time.monotonic() - started:.1f} s on {settings.ports}")
+    try:
+        yield served
+    finally:
+        stopping = time.monotonic()
+        server.stop()
+        left = modelserver_pids()
+        print(f"\nTorchServe stopped in {time.monotonic() - stopping:.1f} s")
+        assert not left, f"TorchServe java process(es) {left} still running after stop()"

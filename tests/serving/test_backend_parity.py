@@ -1,0 +1,214 @@
+"""The served model answers the same with ``backend: onnxruntime`` as with the torch default.
+
+Two handlers are initialised from the same artifact with a fake TorchServe context (as in
+test_handler_unit.py), one with the model-config yaml ``trustgc: {backend: onnxruntime}``, and
+answer one batch of images.  Discrete fields (decision, prediction, flags, labels, statistics)
+must be identical; floats agree to float32 kernel noise (ORT's convolutions sum in another order
+than torch's, exactly as torch does with itself when the batch size changes).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = REPO_ROOT / "model_store" / "fashion_mnist"
+REQUIRED = ("model.json", "weights.safetensors", "calibration.json", "model.onnx", "onnx.json")
+BATCH = 16
+
+pytestmark = pytest.mark.skipif(
+    not all((MODEL_DIR / name).is_file() for name in REQUIRED),
+    reason=f"the shipped artifact {MODEL_DIR} lacks one of {REQUIRED}",
+)
+
+
+class FakeContext:
+    """The parts of ``ts.context.Context`` the handler uses."""
+
+    def __init__(self, model_dir: Path, yaml: dict[str, Any] | None = None) -> None:
+        self.system_properties = {"model_dir": str(model_dir)}
+        self.manifest = {"model": {"modelName": "fashion_mnist"}}
+        self.metrics = None
+        self.model_yaml_config = yaml or {}
+        self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+    def get_all_request_header(self, idx: int) -> dict[str, str]:  # noqa: ARG002
+        return {}
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("model")
+    for name in REQUIRED:
+        shutil.copy2(MODEL_DIR / name, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def requests() -> list[dict[str, Any]]:
+    """Test-set images (synthetic ones without the data set) plus noise and a blank image, so
+    that accepted and rejected answers both occur; two ask for explanations."""
+    try:
+        from training.data import load_dataset
+
+        images = list(load_dataset("fashion_mnist", "test").images[: BATCH - 2, ..., 0])
+    except (OSError, ValueError):
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(BATCH - 2)]
+    images.append(np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8))
+    images.append(np.zeros((28, 28), dtype=np.uint8))
+    entries: list[dict[str, Any]] = [{"body": _png(image)} for image in images]
+    for index in (0, BATCH - 1):
+        entries[index]["explain"] = "true"
+    return entries
+
+
+def _answers(model_dir: Path, yaml: dict[str, Any], requests) -> tuple[list[dict], Any]:
+    from serving.handler import TrustGCHandler
+
+    threads = torch.get_num_threads()
+    try:
+        handler = TrustGCHandler()
+        handler.initialize(FakeContext(model_dir, yaml))
+        context = FakeContext(Path("."))
+        answers = handler.handle(requests, context)
+    finally:
+        torch.set_num_threads(threads)
+    assert not context.statuses, context.statuses  # every request answered with 200
+    return [json.loads(answer) for answer in answers], handler
+
+
+def _by_index(items: list[dict]) -> dict[int, dict]:
+    return {item["index"]: item for item in items}
+
+
+def _assert_close(a: Any, b: Any, path: str, atol: float) -> None:
+    """Same structure and exactly equal non-floats; floats within ``atol``."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _assert_close(a[key], b[key], f"{path}.{key}", atol)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for position, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, f"{path}[{position}]", atol)
+    elif isinstance(a, float) or isinstance(b, float):
+        assert abs(a - b) <= atol, f"{path}: {a} vs {b}"
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+@pytest.fixture(scope="module")
+def both(model_dir, requests):
+    torch_answers, torch_handler = _answers(model_dir, {}, requests)
+    onnx_answers, onnx_handler = _answers(
+        model_dir, {"trustgc": {"backend": "onnxruntime", "onnx_threads": 1}}, requests
+    )
+    assert torch_handler.predictor.backend == "torch"
+    assert onnx_handler.predictor.backend == "onnxruntime"
+    return torch_answers, onnx_answers
+
+
+def test_discrete_fields_are_identical(both) -> None:
+    torch_answers, onnx_answers = both
+    decisions = {answer["decision"] for answer in torch_answers}
+    assert "accepted" in decisions and "rejected_ood" in decisions  # both paths exercised
+    for a, b in zip(torch_answers, onnx_answers, strict=True):
+        assert "error" not in a and "error" not in b
+        assert a["decision"] == b["decision"]
+        assert a["prediction"]["index"] == b["prediction"]["index"]
+        assert a["prediction"]["label"] == b["prediction"]["label"]
+        assert a["typicality"]["out_of_distribution"] == b["typicality"]["out_of_distribution"]
+        assert a["attack"]["suspected"] == b["attack"]["suspected"]
+        assert a["model"] == b["model"]
+        assert ("explanation" in a) == ("explanation" in b)
+
+
+def test_floats_agree_to_float32_noise(both) -> None:
+    """Probabilities and bits/dim to 1e-4; p-values to 1e-3 (one or two steps of the empirical
+    reference); explanations to 1e-3 (they are sums over the latents)."""
+    torch_answers, onnx_answers = both
+    for a, b in zip(torch_answers, onnx_answers, strict=True):
+        _assert_close(_by_index(a["probabilities"]), _by_index(b["probabilities"]), "p", 1e-4)
+        _assert_close(a["log_likelihood"], b["log_likelihood"], "log_likelihood", 1e-4)
+        _assert_close(a["typicality"], b["typicality"], "typicality", 1e-3)
+        _assert_close(a["attack"], b["attack"], "attack", 1e-3)
+        if "explanation" in a:
+            maps_a = _by_index(a["explanation"]["posterior_heatmaps"])
+            maps_b = _by_index(b["explanation"]["posterior_heatmaps"])
+            _assert_close(maps_a, maps_b, "heatmaps", 1e-3)
+            space_a, space_b = (
+                a["explanation"]["decision_space"],
+                b["explanation"]["decision_space"],
+            )
+            _assert_close(space_a, space_b, "decision_space", 1e-3)
+
+
+def test_torch_stays_the_default(model_dir) -> None:
+    from serving.handler import TrustGCHandler
+
+    threads = torch.get_num_threads()
+    try:
+        handler = TrustGCHandler()
+        handler.initialize(FakeContext(model_dir, {"trustgc": {"torch_threads": 1}}))
+    finally:
+        torch.set_num_threads(threads)
+    assert handler.predictor.backend == "torch"
+    assert not hasattr(handler.predictor.model, "session")
+
+
+def test_unknown_backend_fails_at_initialisation(model_dir) -> None:
+    from serving.handler import TrustGCHandler
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="backend"):
+            TrustGCHandler().initialize(FakeContext(model_dir, {"trustgc": {"backend": "trt"}}))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_archive_packs_the_onnx_files_when_present(model_dir, tmp_path, monkeypatch) -> None:
+    """build_archive adds model.onnx and onnx.json to --extra-files when the artifact has them
+    (torch-model-archiver itself is not run here)."""
+    import serving.archive as archive
+
+    commands = []
+    monkeypatch.setattr(
+        archive.subprocess, "run", lambda command, **kwargs: commands.append(command)
+    )
+    archive.build_archive(model_dir, tmp_path / "store")
+    without = tmp_path / "without"
+    shutil.copytree(model_dir, without)
+    for name in archive.OPTIONAL_ARTIFACT_FILES:
+        (without / name).unlink()
+    archive.build_archive(without, tmp_path / "store")
+
+    def extra_files(command) -> list[str]:
+        value = command[command.index("--extra-files") + 1]
+        return sorted(Path(path).name for path in value.split(","))
+
+    assert extra_files(commands[0]) == sorted(archive.ARTIFACT_FILES + ("model.onnx", "onnx.json"))
+    assert extra_files(commands[1]) == sorted(archive.ARTIFACT_FILES)

@@ -1,0 +1,285 @@
+"""Carlini-Wagner attack (training/attacks.py) on a linear model and on the tiny IB-INN.
+
+The linear two-class model has a closed-form minimal perturbation, so the attack's L2 is checked
+against a number worked out by hand; the tiny IB-INN (8x8 synthetic images, 4 classes) is
+trained for a few steps in a fixture.  Everything runs on the CPU in one thread.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.attack_eval import write_markdown
+from training.attacks import (
+    AttackConfig,
+    DetectionPenalty,
+    bin_centres,
+    carlini_wagner_l2,
+    gc_attack_fn,
+    quantize_unit,
+    random_targets,
+    target_margin,
+)
+from training.data import make_synthetic
+from training.loss import ib_loss
+from trustgc.config import load_model_config
+from trustgc.ibinn import IBINN
+from trustgc.inference import model_outputs
+from trustgc.preprocess import dequantize, pixels_to_tensor, pixels_to_unit
+from trustgc.trust.statistics import compute_statistics
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[IBINN, torch.Tensor, np.ndarray, DetectionPenalty]:
+    """The tiny IB-INN after 80 Adam steps on synthetic data, clean test pixels, labels and
+    the detection penalty with mean / std measured on the training images."""
+    torch.manual_seed(0)
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        model = IBINN(load_model_config("tiny"))
+        train = make_synthetic(num_per_class=32, seed=0)
+        pixels = pixels_to_tensor(train.images)
+        labels = torch.from_numpy(train.labels)
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(80):
+            x = dequantize(pixels, 0.01, generator)
+            loss = ib_loss(model.score(x), labels, beta=4.0).total
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        model.eval().requires_grad_(False)
+        outputs = model_outputs(model, pixels)
+        statistics = compute_statistics(outputs, pixels.numpy(), ["typicality", "class_distance"])
+    penalty = DetectionPenalty(
+        {k: (float(v.mean()), float(v.std())) for k, v in statistics.items()}
+    )
+    test = make_synthetic(num_per_class=4, seed=1)
+    return model, pixels_to_tensor(test.images), test.labels, penalty
+
+
+def _attack_set(tiny, count: int = 6):
+    model, pixels, labels, penalty = tiny
+    x = pixels_to_unit(pixels[:count])
+    with torch.no_grad():
+        predicted = model.score(x).logits.argmax(dim=1).numpy()
+    assert np.array_equal(predicted, labels[:count]), "the tiny model should fit its data"
+    targets = torch.from_numpy(random_targets(labels[:count], 4, seed=0))
+    return model, x, targets, penalty
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_quantize_unit_inverts_pixels_to_unit_exactly() -> None:
+    pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    assert torch.equal(quantize_unit(pixels_to_unit(pixels)), pixels)
+    assert torch.equal(bin_centres(pixels_to_unit(pixels)), pixels_to_unit(pixels))
+    # every point of a bin maps to that bin; the box ends clip
+    x = torch.tensor([0.0, 0.3 / 256, 0.99 / 256, 1.01 / 256, 255.5 / 256, 1.0])
+    assert quantize_unit(x).tolist() == [0, 0, 0, 1, 255, 255]
+
+
+def test_random_targets_differ_from_labels_and_are_reproducible() -> None:
+    labels = np.arange(1000) % 10
+    targets = random_targets(labels, 10, seed=3)
+    assert np.all(targets != labels) and targets.min() >= 0 and targets.max() <= 9
+    assert np.array_equal(targets, random_targets(labels, 10, seed=3))
+    assert len(np.unique(targets - labels)) > 5  # not a fixed shift
+
+
+def test_target_margin() -> None:
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, -1.0]])
+    assert target_margin(logits, torch.tensor([1, 2])).tolist() == [1.0, -6.0]
+
+
+# --------------------------------------------------------------------------- linear model
+
+
+def test_linear_model_matches_the_closed_form_minimum() -> None:
+    """Two classes, logits W x: the smallest L2 for margin kappa is (kappa - m(x)) / ||w1 - w0||.
+
+    The image is mid-grey, so the box does not bind for this small perturbation.
+    """
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(2, 64, generator=generator)
+    x = torch.full((3, 1, 8, 8), 0.5) + 0.05 * torch.randn(3, 1, 8, 8, generator=generator)
+
+    def logits_fn(images):
+        return images.flatten(1) @ weights.T
+
+    targets = torch.tensor([1, 1, 1])
+    start = target_margin(logits_fn(x), targets)
+    kappa = 1.0
+    expected = (kappa - start).clamp(min=0) / (weights[1] - weights[0]).norm()
+    config = AttackConfig(kappa=kappa, steps=300, rounds=5, c0=1.0, abort_early=False)
+    result = carlini_wagner_l2(logits_fn, x, targets, config)
+    assert result.success.all()
+    assert torch.all(result.margin >= kappa)
+    assert torch.allclose(result.l2, expected, rtol=0.05), (result.l2, expected)
+    assert result.adversarial.min() >= 0 and result.adversarial.max() <= 1
+
+
+# --------------------------------------------------------------------------- tiny IB-INN
+
+
+def test_attack_on_tiny_gc_reaches_the_target_inside_the_box(tiny) -> None:
+    model, x, targets, _ = _attack_set(tiny)
+    config = AttackConfig(kappa=1.0, steps=60, rounds=3)
+    result = carlini_wagner_l2(gc_attack_fn(model), x, targets, config)
+    assert result.success.all()
+    assert result.adversarial.min() >= 0 and result.adversarial.max() <= 1
+    with torch.no_grad():
+        logits = model.score(result.adversarial).logits
+    assert torch.equal(logits.argmax(dim=1), targets)
+    assert torch.all(target_margin(logits, targets) >= 1.0 - 1e-4)
+    l2 = (result.adversarial - x).flatten(1).norm(dim=1)
+    assert torch.allclose(result.l2, l2, atol=1e-5)
+    assert result.gradient_evaluations <= 6 * 60 * 3
+
+
+def test_quantised_attack_returns_real_images_that_succeed(tiny) -> None:
+    model, x, targets, _ = _attack_set(tiny)
+    config = AttackConfig(kappa=1.0, steps=60, rounds=3, quantize=True)
+    result = carlini_wagner_l2(gc_attack_fn(model), x, targets, config)
+    assert result.success.all()
+    pixels = quantize_unit(result.adversarial)
+    assert torch.equal(pixels_to_unit(pixels), result.adversarial)  # already 8-bit images
+    with torch.no_grad():
+        logits = model.score(pixels_to_unit(pixels)).logits
+    assert torch.equal(logits.argmax(dim=1), targets)
+
+
+def test_smaller_kappa_needs_a_smaller_perturbation(tiny) -> None:
+    model, x, targets, _ = _attack_set(tiny)
+    fn = gc_attack_fn(model)
+    l2 = {}
+    for kappa in (0.01, 1.0, 5.0):
+        result = carlini_wagner_l2(fn, x, targets, AttackConfig(kappa=kappa, steps=60, rounds=3))
+        assert result.success.all()
+        l2[kappa] = result.l2
+    assert l2[0.01].mean() < l2[1.0].mean() < l2[5.0].mean()
+    assert torch.all(l2[0.01] <= l2[5.0] + 1e-3)
+
+
+def test_infinite_kappa_runs_to_the_budget(tiny) -> None:
+    model, x, targets, _ = _attack_set(tiny)
+    fn = gc_attack_fn(model)
+    capped = carlini_wagner_l2(fn, x, targets, AttackConfig(kappa=1.0, steps=60, rounds=3))
+    free = carlini_wagner_l2(fn, x, targets, AttackConfig(kappa=math.inf, steps=60, rounds=3))
+    assert free.success.all()
+    assert free.margin.mean() > capped.margin.mean()
+    assert free.gradient_evaluations == 6 * 60  # one round: every image is on target after it
+
+
+def test_detection_term_reduces_the_typicality_deviation(tiny) -> None:
+    model, x, targets, penalty = _attack_set(tiny)
+    mean, std = penalty.statistics["typicality"]
+    deviation = {}
+    for d in (0.0, 66.0):
+        config = AttackConfig(kappa=1.0, d=d, steps=60, rounds=3)
+        result = carlini_wagner_l2(gc_attack_fn(model, penalty), x, targets, config)
+        assert result.success.all()
+        assert result.detect is not None
+        with torch.no_grad():
+            scores = model.score(result.adversarial)
+        typicality = penalty.values(scores)["typicality"]
+        deviation[d] = ((typicality - mean) / std).pow(2).mean()
+    assert deviation[66.0] < deviation[0.0]
+
+
+def test_detection_penalty_is_the_served_statistics_z_score(tiny) -> None:
+    model, pixels, _, penalty = tiny
+    outputs = model_outputs(model, pixels)
+    served = compute_statistics(outputs, pixels.numpy(), ["typicality", "class_distance"])
+    with torch.no_grad():
+        scores = model.score(pixels_to_unit(pixels))
+    values = penalty.values(scores)
+    expected = 0.0
+    for name, value in values.items():
+        assert np.allclose(value.numpy(), served[name], rtol=1e-5, atol=1e-5)
+        mean, std = penalty.statistics[name]
+        expected = expected + ((served[name] - mean) / std) ** 2
+    assert np.allclose(penalty(scores).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_write_markdown_has_one_row_per_setting(tmp_path) -> None:
+    gc_row = {
+        "success_rate": 1.0,
+        "mean_l2": 0.5,
+        "auc_attack": 90.0,
+        "auc_production_ood": 80.0,
+        "auc_typicality": 70.0,
+        "flagged_rate": 0.5,
+        "rejected_rate": 0.1,
+        "caught_rate": 0.55,
+        "low_confidence_rate": None,
+        "mean_top1": 0.8,
+        "typicality_z2": 1.0,
+        "class_distance_z2": 2.0,
+        "seconds": 1.0,
+    }
+    result = {
+        "config": {
+            "gc_dir": "gc",
+            "baseline_dir": "dc",
+            "dataset": "fashion_mnist",
+            "n_images": 4,
+            "steps": 5,
+            "rounds": 2,
+            "c0": 1.0,
+            "lr": 0.01,
+            "seed": 0,
+            "detect_statistics": ["typicality"],
+            "low_confidence_threshold": 0.9,
+            "torch_threads": 1,
+            "cpu_count": 2,
+            "load_average_end": [1.0, 1.0, 1.0],
+        },
+        "clean": {
+            "n_test": 10,
+            "gc_accuracy": 0.9,
+            "dc_accuracy": 0.9,
+            "attack_alpha": 0.01,
+            "ood_alpha": 0.01,
+            "attack_statistic": "class_distance",
+            "ood_statistic": "fisher_combined",
+            "attack_flag_rate": 0.01,
+            "attack_flag_interval_99": [0.0, 0.1],
+            "attack_flag_calibrated": True,
+            "ood_reject_rate": 0.0,
+            "caught_rate": 0.01,
+            "low_confidence_rate": 0.1,
+        },
+        "gc": [{"kappa": k, "d": d, **gc_row} for k in ("0.01", "inf") for d in (0.0, 66.0)],
+        "baseline": [
+            {
+                "kappa": "0.01",
+                "success_rate": 1.0,
+                "mean_l2": 0.25,
+                "seconds": 1.0,
+                "paired": 4,
+                "gc_mean_l2_paired": 0.5,
+                "dc_mean_l2_paired": 0.25,
+                "l2_ratio_gc_over_dc": 2.0,
+            },
+        ],
+        "runtime_seconds": 2.0,
+    }
+    text = write_markdown(result, tmp_path / "docs" / "attacks.md", "trustgc attack ...")
+    assert (tmp_path / "docs" / "attacks.md").read_text() == text
+    assert "`trustgc attack ...`" in text
+    assert sum(line.startswith("| inf |") for line in text.splitlines()) == 2
+    assert "| 0.01 | 100% | 0.250 | 100% | 0.500 | 4 | 0.500 | 0.250 | 2.00 | 1 |" in text

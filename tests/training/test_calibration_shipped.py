@@ -1,0 +1,214 @@
+"""The shipped, calibrated Fashion-MNIST model: p-value calibration on fresh data, OoD AUCs.
+
+Calibration.  The Fashion-MNIST test set was never used for training or calibration, so under
+the null (test images exchangeable with the held-out calibration split) each p-value is a
+conformal p-value against a reference of size n.  Given that reference, the probability of
+p < alpha is a random variable Beta(a, n + 1 - a) with a / (n + 1) the largest reachable level
+below alpha (a = floor(alpha (n + 1)) off the grid; for the two-sided test the two tails of
+a / 2 each add up to the same law).  Over m test images the rejection count is therefore
+Beta-Binomial(m, a, n + 1 - a): much wider than Binomial(m, alpha) when n is not much larger
+than m, since it also carries the reference's sampling noise.  The 99% Beta-Binomial interval
+is asserted; the plain binomial one is printed for comparison.
+
+The statistics of all 10,000 test images are computed once per module (tens of seconds).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from training.calibrate import dataset_statistics
+from training.data import FASHION_MNIST_DIR, load_dataset
+from training.metrics import binomial_interval, roc_auc
+from training.ood import _scores, make_ood_set
+from trustgc.trust.calibration import CALIBRATION_FILE
+from trustgc.trust.predictor import Predictor
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = ROOT / "model_store" / "fashion_mnist"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+ALPHAS = (0.01, 0.05, 0.1)
+CONFIDENCE = 0.99
+NUM_OOD = 1000
+NUM_IN = 2000
+METHODS = ("production", "paper_two_sided", "one_sided_likelihood", "max_posterior")
+
+pytestmark = pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir() or not (MODEL_DIR / CALIBRATION_FILE).is_file(),
+    reason=f"needs the Fashion-MNIST data ({FASHION_MNIST_DIR}) and the shipped calibrated "
+    f"model ({MODEL_DIR / CALIBRATION_FILE})",
+)
+
+
+def _null_level(n: int, alpha: float, side: str) -> int:
+    """a such that P(p < alpha | reference) ~ Beta(a, n + 1 - a) for continuous scores."""
+    if side == "two_sided":  # p = min(1, 2 j / (n + 1)) < alpha  <=>  j < alpha (n + 1) / 2
+        return 2 * (math.ceil(alpha * (n + 1) / 2) - 1)
+    return math.ceil(alpha * (n + 1)) - 1  # (1 + count) / (n + 1) < alpha
+
+
+def _beta_binomial_interval(m: int, n: int, alpha: float, side: str) -> tuple[int, int, int]:
+    a = _null_level(n, alpha, side)
+    law = stats.betabinom(m, a, n + 1 - a)
+    tail = (1.0 - CONFIDENCE) / 2.0
+    return a, int(law.ppf(tail)), int(law.isf(tail))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Single-threaded CPU inference: barely slower on an idle 2-core machine, several times
+    faster on a busy one (thread oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.from_artifact(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def test_images() -> np.ndarray:
+    return load_dataset("fashion_mnist", "test").images
+
+
+@pytest.fixture(scope="module")
+def in_distribution(predictor, test_images):
+    """Statistics and p-values of all 10,000 test images, computed once."""
+    statistics = dataset_statistics(predictor.model, test_images)
+    return statistics, predictor.p_values(statistics)
+
+
+def test_the_test_set_is_the_full_fresh_split(predictor, test_images) -> None:
+    assert test_images.shape == (10_000, 28, 28, 1)
+    calibration = predictor.calibration
+    assert calibration.split["dataset"] == "fashion_mnist"
+    # the references come from the training split's held-out part, never from the test set
+    assert calibration.combined.summary["n"] == calibration.split["part_b"]
+    for reference in calibration.combination_components.values():
+        assert reference.summary["n"] == calibration.split["part_a"]
+    for reference in calibration.components.values():
+        assert reference.summary["n"] == calibration.split["calibration_size"]
+
+
+def test_p_values_are_calibrated_on_the_test_set(predictor, in_distribution) -> None:
+    _, p = in_distribution
+    calibration = predictor.calibration
+    checks = {
+        "typicality": calibration.components["typicality"],
+        calibration.attack_statistic: calibration.components[calibration.attack_statistic],
+        calibration.ood_statistic: calibration.combined,
+    }
+    rows, failures = [], []
+    for name, reference in checks.items():
+        n, side = int(reference.summary["n"]), reference.side
+        values = p[name]
+        m = values.size
+        assert m == 10_000 and np.all((values > 0) & (values <= 1))
+        for alpha in ALPHAS:
+            count = int(np.sum(values < alpha))  # the production rule rejects p < alpha
+            a, low, high = _beta_binomial_interval(m, n, alpha, side)
+            binomial_low, binomial_high = binomial_interval(m, alpha, CONFIDENCE)
+            inside = low <= count <= high
+            rows.append(
+                f"{name:<16} {side:<9} {n:>5} {alpha:>5} {a / (n + 1):>7.4f} {count / m:>7.4f}"
+                f"  [{low / m:.4f}, {high / m:.4f}]  [{binomial_low:.4f}, {binomial_high:.4f}]"
+                f"  {'ok' if inside else 'OUT'}"
+                f"{'' if binomial_low <= count / m <= binomial_high else ' (outside binomial)'}"
+            )
+            if not inside:
+                failures.append((name, alpha, count / m, low / m, high / m))
+    header = (
+        f"{'statistic':<16} {'side':<9} {'n':>5} {'alpha':>5} {'level':>7} {'rate':>7}"
+        f"  {'99% beta-binomial':<18}  {'99% binomial':<18}"
+    )
+    print("\nrejection rates on the 10,000 Fashion-MNIST test images (p < alpha)")
+    print(header)
+    print("\n".join(rows))
+    assert not failures, failures
+
+
+def test_scores_match_training_ood_scores(predictor, test_images, in_distribution) -> None:
+    """The in-distribution scores below are sliced from the module's statistics; they must be
+    exactly what training.ood._scores computes."""
+    statistics, p = in_distribution
+    direct = _scores(predictor, test_images[:100])
+    sliced = _in_scores(predictor, statistics, p, 100)
+    for method in METHODS:
+        np.testing.assert_allclose(sliced[method], direct[method], rtol=1e-12, atol=1e-12)
+
+
+def _in_scores(predictor, statistics, p, count: int) -> dict[str, np.ndarray]:
+    return {
+        "production": -np.log(p[predictor.calibration.ood_statistic][:count]),
+        "paper_two_sided": -np.log(p["typicality"][:count]),
+        "one_sided_likelihood": statistics["typicality"][:count],
+        "max_posterior": statistics["max_posterior"][:count],
+    }
+
+
+@pytest.fixture(scope="module")
+def ood_aucs(predictor, test_images, in_distribution) -> dict[str, dict[str, float]]:
+    statistics, p = in_distribution
+    in_scores = _in_scores(predictor, statistics, p, NUM_IN)
+    results = {}
+    for name in ("mnist", "notmnist", "uniform_noise"):
+        if name in ("mnist", "notmnist") and not (SHARED_DATA / name).is_dir():
+            continue
+        ood = _scores(predictor, make_ood_set(name, test_images, NUM_OOD))
+        results[name] = {m: roc_auc(in_scores[m], ood[m]) for m in METHODS}
+        results[name]["rejected_at_alpha"] = float(
+            np.mean(ood["p_value"] < predictor.calibration.ood_alpha)
+        )
+    print(f"\nOoD ROC-AUC ({NUM_IN} Fashion-MNIST test images vs {NUM_OOD} per set)")
+    print(f"{'set':<14}" + "".join(f"{m:>22}" for m in (*METHODS, "rejected_at_alpha")))
+    for name, row in results.items():
+        print(f"{name:<14}" + "".join(f"{row[m]:>22.4f}" for m in (*METHODS, "rejected_at_alpha")))
+    return results
+
+
+@pytest.mark.parametrize(
+    ("ood_set", "method", "target"),
+    [
+        ("mnist", "production", 0.99),
+        ("notmnist", "production", 0.95),
+        ("uniform_noise", "production", 0.99),
+        ("uniform_noise", "paper_two_sided", 0.99),
+    ],
+)
+def test_ood_auc_targets(ood_aucs, ood_set: str, method: str, target: float) -> None:
+    if ood_set not in ood_aucs:
+        pytest.skip(f"needs {SHARED_DATA / ood_set}")
+    auc = ood_aucs[ood_set][method]
+    assert auc >= target, f"{ood_set} {method}: AUC {auc:.4f} < {target}"
+
+
+def test_one_extreme_component_is_enough_to_reject(predictor) -> None:
+    calibration = predictor.calibration
+    inner = calibration.combination_components
+    statistics = {
+        # far beyond the largest reference value: the paper's test rejects at any level
+        "typicality": np.asarray([max(inner["typicality"].sorted_scores) + 1e3]),
+        # the other components exactly typical (their reference medians: p ~ 0.5)
+        "complexity_corrected": np.asarray(
+            [np.median(inner["complexity_corrected"].sorted_scores)]
+        ),
+        "max_posterior": np.asarray([np.median(inner["max_posterior"].sorted_scores)]),
+    }
+    p = predictor.p_values(statistics)
+    assert p["typicality"][0] < calibration.ood_alpha  # the component alone is decisive
+    assert p[calibration.ood_statistic][0] < calibration.ood_alpha, p[calibration.ood_statistic]
+
+
+def test_uniform_noise_is_rejected_at_the_served_alpha(ood_aucs) -> None:
+    """The served decision, not only the ranking: noise must be rejected at ood_alpha (every
+    noise image has a typicality p-value of 2/5001 against the full reference)."""
+    assert ood_aucs["uniform_noise"]["rejected_at_alpha"] >= 0.95

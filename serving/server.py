@@ -110,9 +110,28 @@ class TorchServe:
     def log_dir(self) -> Path:
         return self.settings.run_dir / "logs"
 
+    @property
+    def temp_dir(self) -> Path:
+        return self.settings.run_dir / "tmp"
+
+    def frontend_pid(self) -> int | None:
+        """The java frontend's pid, from this instance's pid file."""
+        try:
+            return int((self.temp_dir / ".model_server.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir)})
+        env.update(
+            {
+                "LOG_LOCATION": str(self.log_dir),
+                "METRICS_LOCATION": str(self.log_dir),
+                # TorchServe keeps its pid file in the temp directory: one per run_dir lets
+                # separate instances (on separate ports) coexist and be stopped one by one.
+                "TMPDIR": str(self.temp_dir),
+            }
+        )
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
         return env
@@ -121,6 +140,7 @@ class TorchServe:
         run_dir = self.settings.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
+        self.temp_dir.mkdir(exist_ok=True)
         (run_dir / "key_file.json").unlink(missing_ok=True)
         config = run_dir / "config.properties"
         config.write_text(
@@ -196,6 +216,8 @@ class TorchServe:
 
     def stop(self, timeout: float = 30.0) -> None:
         """``torchserve --stop``, then wait until the java process has exited."""
+        pid = self.frontend_pid()
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
         torchserve = Path(sys.executable).with_name("torchserve")
         subprocess.run(
             [str(torchserve), "--stop"],
@@ -207,7 +229,7 @@ class TorchServe:
             timeout=timeout,
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _torchserve_running():
+        while time.monotonic() < deadline and pid is not None and _alive(pid):
             time.sleep(0.3)
         if self.process is not None:
             try:
@@ -216,75 +238,10 @@ class TorchServe:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def _torchserve_running() -> bool:
-    """Whether a TorchServe java frontend is alive on this machine."""
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists (zombies count as gone)."""
     try:
-        output = subprocess.run(
-            ["pgrep", "-f", "org.pytorch.serve.ModelServer"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-    except FileNotFoundError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return bool(output.strip())
-
-
-def _announce(settings: ServerSettings, server: TorchServe) -> None:
-    key_file = settings.run_dir / "key_file.json"
-    auth = ""
-    if settings.auth:
-        auth = (
-            f"-H \"Authorization: Bearer $(python3 -c 'import json; print(json.load(open("
-            f'"{key_file}"))["inference"]["key"])\')" '
-        )
-        print(f"token auth is on: keys are in {key_file}")
-    print(
-        "classify an image with:\n"
-        f"  curl {auth}-H 'Content-Type: application/octet-stream' "
-        f"--data-binary @docs/examples/ankle_boot.png {settings.url('inference')}"
-        "/predictions/fashion_mnist\n"
-        f"metrics: {settings.url('metrics')}/metrics",
-        flush=True,
-    )
-
-
-def run_foreground(settings: ServerSettings) -> int:
-    """Serve until Ctrl-C or SIGTERM, then stop TorchServe and its java process."""
-    server = TorchServe(settings)
-    stopping = False
-
-    def _stop(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        stopping = True
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    process = server.start(foreground=True, output=sys.stdout)
-    try:
-        server.wait_ready(settings.models.split("=")[0], timeout=180)
-        _announce(settings, server)
-        while not stopping and process.poll() is None:
-            time.sleep(0.3)
-    except (TimeoutError, RuntimeError) as error:
-        print(f"trustgc serve: {error}", file=sys.stderr)
-    finally:
-        print("stopping TorchServe ...", flush=True)
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0 if stopping else 1
-
-
-def start_background(settings: ServerSettings) -> int:
-    server = TorchServe(settings)
-    server.start(foreground=False)
-    server.wait_ready(settings.models.split("=")[0], timeout=180)
-    _announce(settings, server)
-    print(f"logs in {server.log_dir}; stop with `trustgc stop` or `make stop`")
-    return 0
-
-
-def stop_server(settings: ServerSettings) -> int:
-    TorchServe(settings).stop()
-    print("TorchServe stopped")
-    return 0

@@ -9,6 +9,7 @@ archive or the Fashion-MNIST test data are missing.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -173,12 +174,8 @@ def torchserve(tmp_path_factory) -> ServedModel:
     reason = integration_skip_reason()
     if reason is not None:
         pytest.skip(reason)
-    running = modelserver_pids()
-    if running:
-        pytest.skip(
-            f"another TorchServe is already running on this machine (pids {running}); "
-            "TorchServe allows one instance per machine: stop it first (`torchserve --stop`)"
-        )
+    # serving.server gives each instance its own TMPDIR (TorchServe's pid file lives there),
+    # so this instance coexists with others on other ports and is stopped on its own.
     from serving.server import ServerSettings, TorchServe, read_keys
 
     settings = ServerSettings(
@@ -204,7 +201,30 @@ def torchserve(tmp_path_factory) -> ServedModel:
         yield served
     finally:
         stopping = time.monotonic()
+        frontend = server.frontend_pid()
+        workers = _children(frontend) if frontend is not None else []
         server.stop()
-        left = modelserver_pids()
         print(f"\nTorchServe stopped in {time.monotonic() - stopping:.1f} s")
-        assert not left, f"TorchServe java process(es) {left} still running after stop()"
+        assert frontend is not None, "no pid file for this TorchServe instance"
+        assert workers, "the TorchServe frontend had no worker processes"
+        left = [pid for pid in [frontend, *workers] if _alive(pid)]
+        assert not left, f"TorchServe processes {left} still running after stop()"
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _children(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (the model workers of a TorchServe frontend)."""
+    pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    return [pid for pid in pids if (fields := _stat(pid)) is not None and int(fields[1]) == parent]

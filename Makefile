@@ -51,8 +51,19 @@ protos: $(STAMP)  ## regenerate the gRPC/protobuf stubs in serving/grpc_stubs
 schema: $(STAMP)  ## write the response JSON Schema to docs/response.schema.json
 	$(PY) -m serving.schema_export docs/response.schema.json
 
-calibrate: $(STAMP)  ## refit the shipped model's p-value references
+calibrate: $(STAMP)  ## refit the shipped model's p-value references (and the alpha rules)
 	$(VENV)/bin/trustgc calibrate --model $(MODEL_DIR)
+	$(PY) deploy/prometheus/render_rules.py
+
+alert-rules: $(STAMP)  ## regenerate the Prometheus alpha rules from calibration.json
+	$(PY) deploy/prometheus/render_rules.py
+
+deploy-check: $(STAMP)  ## validate Prometheus rules/config, Alertmanager and compose offline
+	$(PY) deploy/prometheus/render_rules.py --check
+	promtool check config deploy/prometheus/prometheus.yml
+	cd deploy/prometheus && promtool test rules tests/*.test.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
+	GRAFANA_ADMIN_PASSWORD=check docker-compose config -q
 
 train-default: $(STAMP)  ## retrain the shipped Fashion-MNIST model (hours on 2 CPU cores)
 	$(VENV)/bin/trustgc train --config fashion_mnist --out $(MODEL_DIR)
@@ -60,4 +71,4 @@ train-default: $(STAMP)  ## retrain the shipped Fashion-MNIST model (hours on 2 
 evaluate: $(STAMP)  ## test metrics of the shipped model
 	$(VENV)/bin/trustgc evaluate --model $(MODEL_DIR)
 
-.PHONY: help setup test test-slow lint serve start stop archive protos schema calibrate train-default evaluate
+.PHONY: help setup test test-slow lint serve start stop archive protos schema calibrate alert-rules deploy-check train-default evaluate

@@ -245,3 +245,63 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+def _announce(settings: ServerSettings, server: TorchServe) -> None:
+    key_file = settings.run_dir / "key_file.json"
+    auth = ""
+    if settings.auth:
+        auth = (
+            f"-H \"Authorization: Bearer $(python3 -c 'import json; print(json.load(open("
+            f'"{key_file}"))["inference"]["key"])\')" '
+        )
+        print(f"token auth is on: keys are in {key_file}")
+    print(
+        "classify an image with:\n"
+        f"  curl {auth}-H 'Content-Type: application/octet-stream' "
+        f"--data-binary @docs/examples/ankle_boot.png {settings.url('inference')}"
+        "/predictions/fashion_mnist\n"
+        f"metrics: {settings.url('metrics')}/metrics",
+        flush=True,
+    )
+
+
+def run_foreground(settings: ServerSettings) -> int:
+    """Serve until Ctrl-C or SIGTERM, then stop TorchServe and its java process."""
+    server = TorchServe(settings)
+    stopping = False
+
+    def _stop(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    process = server.start(foreground=True, output=sys.stdout)
+    try:
+        server.wait_ready(settings.models.split("=")[0], timeout=180)
+        _announce(settings, server)
+        while not stopping and process.poll() is None:
+            time.sleep(0.3)
+    except (TimeoutError, RuntimeError) as error:
+        print(f"trustgc serve: {error}", file=sys.stderr)
+    finally:
+        print("stopping TorchServe ...", flush=True)
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopping else 1
+
+
+def start_background(settings: ServerSettings) -> int:
+    server = TorchServe(settings)
+    server.start(foreground=False)
+    server.wait_ready(settings.models.split("=")[0], timeout=180)
+    _announce(settings, server)
+    print(f"logs in {server.log_dir}; stop with `trustgc stop` or `make stop`")
+    return 0
+
+
+def stop_server(settings: ServerSettings) -> int:
+    TorchServe(settings).stop()
+    print("TorchServe stopped")
+    return 0

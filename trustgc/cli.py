@@ -218,7 +218,7 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 def _server_settings(args: argparse.Namespace):
     from serving.server import ServerSettings
 
-    settings = ServerSettings(auth=not args.no_auth)
+    settings = ServerSettings(auth=not args.no_auth, host=args.host)
     if args.model_store:
         settings.model_store = args.model_store
     return settings
@@ -235,6 +235,11 @@ def _add_server(commands) -> None:
             "--no-auth", action="store_true", help="turn token auth off (local experiments only)"
         )
         parser.add_argument("--model-store", type=Path)
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="address to bind (default loopback; 0.0.0.0 only in a container)",
+        )
         parser.set_defaults(run=_run_server)
 
 
@@ -298,6 +303,112 @@ def _run_classify(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _add_corrupt(commands) -> None:
+    parser = commands.add_parser(
+        "corrupt", help="write a corrupted copy of a data set (Hendrycks-Dietterich types)"
+    )
+    parser.add_argument("--input-set", default="fashion_mnist", help="data set name")
+    parser.add_argument("--split", default="test", help="train or test")
+    parser.add_argument(
+        "--type", required=True, help="corruption type, e.g. fog (see training/corruptions.py)"
+    )
+    parser.add_argument("--severity", type=int, required=True, help="1 (mild) to 5 (severe)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="corrupt the first N images only")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="output .npz file")
+    parser.set_defaults(run=_run_corrupt)
+
+
+def _run_corrupt(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from training.corruptions import corrupt
+    from training.data import load_dataset
+
+    dataset = load_dataset(args.input_set, args.split, args.data_dir)
+    if args.limit is not None:
+        dataset = dataset.subset(np.arange(min(args.limit, len(dataset))))
+    images = corrupt(dataset.images, args.type, args.severity, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        args.out,
+        images=images,
+        labels=dataset.labels,
+        class_names=np.array(dataset.class_names),
+        corruption=np.array(args.type),
+        severity=np.array(args.severity),
+        seed=np.array(args.seed),
+        source=np.array(f"{args.input_set}/{args.split}"),
+    )
+    change = np.abs(images.astype(np.float64) - dataset.images).mean()
+    print(f"wrote {args.out}: {len(images)} images, mean |change| {change:.2f} grey levels")
+    return 0
+
+
+def _add_report(commands) -> None:
+    parser = commands.add_parser(
+        "report", help="trustworthiness report (paper Sec. 4.1-4.3 analogs) as markdown + PNG"
+    )
+    parser.add_argument("--models", type=Path, nargs="+", required=True, help="IB-INN artifacts")
+    parser.add_argument("--baseline", type=Path, help="discriminative baseline artifact")
+    parser.add_argument("--out", type=Path, default=Path("docs/report"))
+    parser.add_argument("--quick", action="store_true", help="tiny subsets: a pipeline check")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/report"))
+    parser.add_argument("--n-test", type=int, help="test images (default: all)")
+    parser.add_argument("--n-corrupt", type=int, help="images per corruption and severity")
+    parser.add_argument("--n-ood", type=int, help="images per OoD set")
+    parser.add_argument("--attack-betas", help="comma-separated betas to attack (default: all)")
+    parser.add_argument("--attack-n", type=int, help="images attacked per setting")
+    parser.add_argument("--attack-steps", type=int, help="Adam steps per round")
+    parser.add_argument("--attack-rounds", type=int, help="binary-search rounds over c")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, help="in-distribution data directory")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    import shlex
+    from dataclasses import replace
+
+    from training.report import ReportOptions, build_report, quick_options
+
+    options = ReportOptions(work_dir=args.work_dir, threads=args.threads, seed=args.seed)
+    if args.quick:
+        options = quick_options(options)
+    given = {
+        "n_test": args.n_test,
+        "n_corrupt": args.n_corrupt,
+        "n_ood": args.n_ood,
+        "attack_n": args.attack_n,
+        "attack_steps": args.attack_steps,
+        "attack_rounds": args.attack_rounds,
+    }
+    if args.attack_betas:
+        given["attack_betas"] = tuple(b.strip() for b in args.attack_betas.split(",") if b)
+    words = ["trustgc", "report", "--models", *map(str, args.models)]
+    for flag, value in (("--baseline", args.baseline), ("--out", args.out)):
+        words += [flag, str(value)] if value is not None else []
+    words += ["--quick"] if args.quick else []
+    for key, value in given.items():
+        if value is not None:
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            words += [f"--{key.replace('_', '-')}", text]
+    options = replace(
+        options,
+        **{k: v for k, v in given.items() if v is not None},
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        command=shlex.join(words),
+    )
+    results = build_report(args.models, args.baseline, args.out, options)
+    minutes = results["runtime"]["wall_seconds_this_run"] / 60
+    print(f"wrote {args.out / 'README.md'} in {minutes:.1f} min")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trustgc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -309,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_onnx(commands)
     _add_server(commands)
     _add_classify(commands)
+    _add_corrupt(commands)
+    _add_report(commands)
     return parser
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import socket
 import subprocess
@@ -30,7 +31,10 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.rules.yml"))
-MAR_FILE = REPO_ROOT / "model_store" / "fashion_mnist.mar"
+# The shipped archive by default; TRUSTGC_TEST_MODEL_STORE points the tests at another model
+# store (e.g. one with a freshly built `trustgc archive --export-path DIR`).
+MODEL_STORE = Path(os.environ.get("TRUSTGC_TEST_MODEL_STORE", REPO_ROOT / "model_store"))
+MAR_FILE = MODEL_STORE / "fashion_mnist.mar"
 MODEL_NAME = "fashion_mnist"
 MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 SCRAPE_JOB = "trustgc-torchserve"  # the job name the alert rules match
@@ -66,10 +70,11 @@ def prometheus_skip_reason() -> str | None:
     return None
 
 
-def modelserver_pids() -> list[int]:
+def modelserver_pids(pattern: str = JAVA_PROCESS) -> list[int]:
+    """TorchServe java frontends alive on this machine (whose command line matches)."""
     try:
         output = subprocess.run(
-            ["pgrep", "-f", JAVA_PROCESS], capture_output=True, text=True, check=False
+            ["pgrep", "-f", pattern], capture_output=True, text=True, check=False
         ).stdout
     except FileNotFoundError:  # pragma: no cover - procps missing
         return []
@@ -131,7 +136,9 @@ class ServedModel:
             return
         self.stopped = True
         self.server.stop()
-        left = modelserver_pids()
+        # this instance's java only (its command line names its config in its run dir): a
+        # TorchServe someone else started meanwhile is not ours to judge
+        left = modelserver_pids(str(Path(self.settings.run_dir) / "config.properties"))
         assert not left, f"TorchServe java process(es) {left} still running after stop()"
 
     @property
@@ -189,7 +196,7 @@ def served_model(tmp_path_factory) -> Iterator[ServedModel]:
     from serving.server import ServerSettings, TorchServe, read_keys
 
     run_dir = tmp_path_factory.mktemp("torchserve")
-    settings = ServerSettings(run_dir=run_dir, ports=torchserve_ports())
+    settings = ServerSettings(model_store=MODEL_STORE, run_dir=run_dir, ports=torchserve_ports())
     server = TorchServe(settings)
     started = time.monotonic()
     server.start()

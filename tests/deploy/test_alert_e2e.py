@@ -94,7 +94,10 @@ class Traffic:
 
     def answered(self, phase: str) -> int:
         with self.lock:
-            return sum(n for (p, _), n in self.counts.items() if p == phase)
+            return self.answered_locked(phase)
+
+    def answered_locked(self, phase: str) -> int:
+        return sum(n for (p, _), n in self.counts.items() if p == phase)
 
 
 def _state(alerts: list[dict], name: str) -> str:
@@ -142,6 +145,14 @@ def test_ood_rejection_alert_fires_on_mnist_and_clears(
         shift = time.monotonic()
         pending_after = firing_after = None
         while firing_after is None:
+            with traffic.lock:
+                answered = traffic.answered_locked("mnist")
+                rejected = traffic.counts[("mnist", "rejected_ood")]
+            assert answered < 100 or rejected >= 0.5 * answered, (
+                f"the served model rejected only {rejected} of {answered} MNIST digits: the "
+                "model or its archive is broken (a .mar older than calibration.json?), not "
+                "the alert"
+            )
             assert time.monotonic() - shift < 60, f"{ALERT} not firing 60 s after the shift"
             state = _state(prom.alerts(), ALERT)
             if state in ("pending", "firing") and pending_after is None:

@@ -31,11 +31,25 @@ def build_archive(
     export_dir: Path,
     name: str | None = None,
     model_config: Path = DEFAULT_MODEL_CONFIG,
+    allow_uncalibrated: bool = False,
 ) -> Path:
-    """Write ``export_dir/NAME.mar``; returns its path."""
+    """Write ``export_dir/NAME.mar``; returns its path.
+
+    ``allow_uncalibrated`` packs a discriminative baseline (kind ``classifier``) without
+    ``calibration.json``: it has no p-values (see trustgc.trust.predictor), so the benchmarks
+    can serve it through the same handler.  A generative model always needs its calibration.
+    """
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
-    missing = [f for f in ARTIFACT_FILES if not (model_dir / f).is_file()]
+    required = ARTIFACT_FILES
+    if allow_uncalibrated:
+        if manifest.config.kind != "classifier":
+            raise ValueError(
+                f"{model_dir} is a generative model ({manifest.config.kind}): only a classifier "
+                "may be archived without calibration"
+            )
+        required = tuple(f for f in ARTIFACT_FILES if f != CALIBRATION_FILE)
+    missing = [f for f in required if not (model_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{model_dir} lacks {missing}: train and calibrate it first")
     name = name or manifest.name
@@ -43,9 +57,7 @@ def build_archive(
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     with tempfile.TemporaryDirectory() as staging:
         present = [f for f in OPTIONAL_ARTIFACT_FILES if (model_dir / f).is_file()]
-        staged = [
-            shutil.copy2(model_dir / f, Path(staging) / f) for f in (*ARTIFACT_FILES, *present)
-        ]
+        staged = [shutil.copy2(model_dir / f, Path(staging) / f) for f in (*required, *present)]
         command = [
             str(archiver),
             "--model-name",

@@ -99,6 +99,11 @@ class TrustGCHandler:
             except InputError as error:
                 protobuf = wants_protobuf(entry, _headers(context, index))
                 answers[index] = self._error(context, index, error.code, error.message, protobuf)
+            except Exception:  # a bug in reading one request must not fail the whole batch
+                logger.exception("request %d of a batch of %d could not be read", index, len(data))
+                answers[index] = self._error(
+                    context, index, ErrorCode.INTERNAL, "the server could not read this request"
+                )
         if good:
             try:
                 self._predict(good, answers, context)

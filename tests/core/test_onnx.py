@@ -213,7 +213,12 @@ def test_threads_are_set_deliberately(tiny) -> None:
     directory, model, _ = tiny
     assert OnnxFlow.from_artifact(directory, model.head).threads == 1
     flow = OnnxFlow.from_artifact(directory, model.head, threads=2)
-    assert flow.session.get_session_options().intra_op_num_threads == 2
+    options = flow.session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = OnnxFlow.from_artifact(directory, model.head, threads=2, spin=True)
+    options = spinning.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     with pytest.raises(ValueError, match="threads"):
         OnnxFlow.from_artifact(directory, model.head, threads=0)
 

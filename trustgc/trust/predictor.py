@@ -6,10 +6,16 @@ stored reference distributions, so trust costs next to nothing beside the forwar
 
 Decision rule, in order: ``rejected_ood`` if the production OoD p-value is below ``ood_alpha``;
 else ``flagged_attack`` if the attack p-value is below ``attack_alpha``; else ``accepted``.
+
+A discriminative model (kind ``classifier``, the CNN baseline) is accepted too, so that the
+benchmarks can serve it through the same handler path: it needs no calibration and answers with
+its probabilities and neutral trust fields (p-values 1.0, alphas 0.0, statistic ``none``, no
+likelihood: bits/dim 0.0 and no per-class values), always ``accepted``.  It has no gating at all.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -33,6 +39,9 @@ from trustgc.trust.statistics import compute_statistics
 __all__ = ["BACKENDS", "Decision", "Predictor", "TrustResult"]
 
 BACKENDS = ("torch", "onnxruntime")  # what runs the network f; scoring is always torch
+NO_STATISTIC = "none"  # the statistic names a classifier's neutral trust fields carry
+
+logger = logging.getLogger(__name__)
 
 
 class Decision(StrEnum):
@@ -66,18 +75,21 @@ class TrustResult:
 
 
 class Predictor:
-    """A loaded, calibrated model ready to answer batches."""
+    """A loaded, calibrated model ready to answer batches (or a classifier: see the module doc)."""
 
     def __init__(
         self,
         model: nn.Module,
         manifest: ModelManifest,
-        calibration: Calibration,
+        calibration: Calibration | None,
         device: str | torch.device = "cpu",
         backend: str = "torch",
         onnx_path: Path | str | None = None,
         onnx_threads: int = 1,
     ) -> None:
+        if manifest.config.kind == "classifier":
+            self._init_classifier(model, manifest, device, backend)
+            return
         if manifest.config.kind != "ibinn":
             raise ValueError("the trust layer needs a generative (ibinn) model")
         if backend not in BACKENDS:
@@ -107,6 +119,28 @@ class Predictor:
             )
         )
 
+    def _init_classifier(
+        self, model: nn.Module, manifest: ModelManifest, device: str | torch.device, backend: str
+    ) -> None:
+        """The discriminative baseline: probabilities only, no calibration, torch only."""
+        if backend != "torch":
+            raise ValueError(f"a classifier runs on the torch backend only, got {backend!r}")
+        logger.warning(
+            "model %s is a discriminative classifier: no OoD or attack gating (p-values 1.0)",
+            manifest.name,
+        )
+        self.backend = backend
+        self.model = model.to(device).eval()
+        self.manifest = manifest
+        self.calibration = None
+        self.device = torch.device(device)
+        self._statistics = ()
+
+    @property
+    def is_generative(self) -> bool:
+        """False for a classifier: its trust fields are neutral, nothing is ever rejected."""
+        return self.manifest.config.kind != "classifier"
+
     @classmethod
     def from_artifact(
         cls,
@@ -117,6 +151,8 @@ class Predictor:
     ) -> Predictor:
         """Load a calibrated artifact; ``backend="onnxruntime"`` runs f from its model.onnx."""
         model, manifest = load_model(directory, device)
+        if manifest.config.kind == "classifier":
+            return cls(model, manifest, None, device, backend)
         calibration = load_calibration(Path(directory))
         if calibration is None:
             raise ValueError(
@@ -161,6 +197,8 @@ class Predictor:
         wants = [explain] * len(pixels) if isinstance(explain, bool) else list(explain)
         if len(wants) != len(pixels):
             raise ValueError(f"{len(wants)} explain flags for {len(pixels)} images")
+        if not self.is_generative:
+            return self._predict_classifier(pixels, batch_size)
         outputs = model_outputs(
             self.model, torch.from_numpy(pixels), batch_size, self.device, keep_latents=any(wants)
         )
@@ -173,6 +211,28 @@ class Predictor:
                 i, outputs.probabilities[i], class_bpd[i], float(bpd[i]), p, explanations.get(i)
             )
             for i in range(len(pixels))
+        ]
+
+    def _predict_classifier(self, pixels: np.ndarray, batch_size: int) -> list[TrustResult]:
+        """Probabilities with neutral trust fields; explanations need a generative model."""
+        outputs = model_outputs(self.model, torch.from_numpy(pixels), batch_size, self.device)
+        return [
+            TrustResult(
+                probabilities=probabilities,
+                class_bits_per_dim=np.empty(0),
+                bits_per_dim=0.0,
+                ood_statistic=NO_STATISTIC,
+                ood_p_value=1.0,
+                ood_alpha=0.0,
+                out_of_distribution=False,
+                component_p_values={},
+                attack_statistic=NO_STATISTIC,
+                attack_p_value=1.0,
+                attack_alpha=0.0,
+                attack_suspected=False,
+                decision=Decision.ACCEPTED,
+            )
+            for probabilities in outputs.probabilities
         ]
 
     def _result(

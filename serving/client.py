@@ -1,8 +1,10 @@
 """Client SDK: classify images over REST or gRPC and get the typed pydantic answer back.
 
 The token comes from the argument, the ``TRUSTGC_TOKEN`` environment variable, or TorchServe's
-``key_file.json``; requests time out; 503 answers (no worker free, a worker restarting) and
-connection failures are retried with exponential backoff.
+``key_file.json``; requests time out; 503 answers (no worker free, a worker restarting),
+TorchServe's "Worker died." answers (the worker handling the batch crashed or was killed:
+HTTP 507, or 500; gRPC RESOURCE_EXHAUSTED or INTERNAL) and connection failures are retried with
+exponential backoff.  Classification is idempotent, so a retry is always safe.
 """
 
 from __future__ import annotations
@@ -21,8 +23,20 @@ from serving.server import read_keys
 
 __all__ = ["ClassifierClient", "ClientError", "resolve_token"]
 
-RETRYABLE_HTTP = {502, 503, 504}
+RETRYABLE_HTTP = {502, 503, 504, 507}  # 507: TorchServe's "Worker died." (worker killed)
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+WORKER_DIED = "Worker died"  # TorchServe's message when a worker crashes mid-batch
+
+
+def _retryable_http(status: int, text: str) -> bool:
+    return status in RETRYABLE_HTTP or (status == 500 and WORKER_DIED in text[:500])
+
+
+def _retryable_grpc(error: grpc.RpcError) -> bool:
+    code = error.code()
+    return code in RETRYABLE_GRPC or (
+        code == grpc.StatusCode.INTERNAL and WORKER_DIED in (error.details() or "")
+    )
 
 
 class ClientError(RuntimeError):
@@ -92,7 +106,7 @@ class ClassifierClient:
                     raise
                 self._sleep(attempt)
                 continue
-            if answer.status_code in RETRYABLE_HTTP and attempt < self.retries:
+            if _retryable_http(answer.status_code, answer.text) and attempt < self.retries:
                 self._sleep(attempt)
                 continue
             if (
@@ -123,7 +137,7 @@ class ClassifierClient:
                     reply = stub.Predictions(request, metadata=metadata, timeout=self.timeout)
                     return self._parse(reply.prediction)
                 except grpc.RpcError as error:
-                    if error.code() in RETRYABLE_GRPC and attempt < self.retries:
+                    if _retryable_grpc(error) and attempt < self.retries:
                         self._sleep(attempt)
                         continue
                     details = error.details() or ""

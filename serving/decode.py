@@ -12,23 +12,39 @@ Policy (documented for users in docs/serving.md):
    and CMYK inputs are converted by Pillow.
 5. Size: a non-square image is padded with black to a centred square (aspect ratio kept,
    nothing cropped), then resized to the model's H x W with Pillow's antialiased bilinear
-   filter.  An image already of the model's size is used as is, pixel for pixel.
+   filter.  An image already of the model's size is used as is, pixel for pixel.  A non-square
+   image whose long side exceeds ``MAX_PADDED_SIDE`` is first shrunk (aspect ratio kept) so
+   that the padded square stays bounded: padding a 40000 x 1 PNG of 100 bytes would otherwise
+   allocate 1.6 GB.
+
+Pillow parses untrusted bytes: *any* exception it raises while opening or decoding means the
+body is not a usable image and becomes an ``undecodable_image`` (a ``MemoryError``, an
+``image_too_large``), so nothing but :class:`InputError` leaves :func:`decode_image` (an
+escaping exception would fail every request of the TorchServe batch).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from serving.errors import ErrorCode, InputError
 
 __all__ = ["DecodeLimits", "decode_image"]
 
 ALLOWED_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")
+MAX_PADDED_SIDE = 4096  # a padded square has at most 4096 x 4096 pixels
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _describe(error: BaseException) -> str:
+    """The exception's text without Python object reprs (no heap addresses in answers)."""
+    return _OBJECT_REPR.sub("the body", str(error)) or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -51,13 +67,14 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as error:
+        raise InputError(ErrorCode.IMAGE_TOO_LARGE, _describe(error)) from error
+    except Exception as error:  # UnidentifiedImageError, OSError, SyntaxError, ... any parse error
         raise InputError(
             ErrorCode.UNDECODABLE_IMAGE,
-            f"the body is not a supported image (PNG, JPEG, WebP, BMP, GIF, TIFF): {error}",
+            "the body is not a supported image (PNG, JPEG, WebP, BMP, GIF, TIFF): "
+            f"{_describe(error)}",
         ) from error
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InputError(ErrorCode.IMAGE_TOO_LARGE, str(error)) from error
     width, height = image.size
     if width * height > limits.max_pixels:
         raise InputError(
@@ -86,6 +103,11 @@ def _to_size(image: Image.Image, height: int, width: int) -> Image.Image:
     if image.size == (width, height):
         return image
     side = max(image.size)
+    if image.size[0] != image.size[1] and side > MAX_PADDED_SIDE:
+        scale = MAX_PADDED_SIDE / side
+        shrunk = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+        image = image.resize(shrunk, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        side = max(image.size)
     if image.size[0] != image.size[1]:
         fill = 0 if image.mode == "L" else (0, 0, 0)
         square = Image.new(image.mode, (side, side), fill)
@@ -107,11 +129,11 @@ def decode_image(
         array = np.asarray(image, dtype=np.uint8)
     except InputError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
+    except (Image.DecompressionBombError, MemoryError) as error:
+        raise InputError(ErrorCode.IMAGE_TOO_LARGE, _describe(error)) from error
+    except Exception as error:  # truncated or corrupt data; malformed tags (e.g. TypeError)
         raise InputError(
-            ErrorCode.UNDECODABLE_IMAGE, f"the image data is corrupt: {error}"
+            ErrorCode.UNDECODABLE_IMAGE, f"the image data is corrupt: {_describe(error)}"
         ) from error
-    except Image.DecompressionBombError as error:
-        raise InputError(ErrorCode.IMAGE_TOO_LARGE, str(error)) from error
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return np.ascontiguousarray(array)

@@ -79,6 +79,9 @@ def runtime_properties(settings: ServerSettings) -> dict[str, str]:
             "metrics_config": str(METRICS_CONFIG),
             "disable_token_authorization": "false" if settings.auth else "true",
             "python": sys.executable,
+            # worker sockets and unpacked archives go to java's temp dir: one per instance
+            "vmargs": f"{properties.get('vmargs', '')} "
+            f"-Djava.io.tmpdir={Path(settings.run_dir).resolve() / 'tmp'}".strip(),
             **settings.overrides,
         }
     )

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.client import ClassifierClient, ClientError
+from serving.client import ClassifierClient
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
 from serving.metrics import DECISIONS
 from serving.proto_codec import from_protobuf

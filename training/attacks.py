@@ -18,6 +18,10 @@ Adam (lr 0.01) on w for a fixed number of steps per round and a per-image binary
   last iterate (not the smallest successful one, which would just be a kappa = 0 attack).  There
   is nothing to bisect; images that have not reached the target after a round are rerun with
   10 c, the others keep their final iterate.
+- ``quantize=True`` (used by the evaluation): every forward pass sees the iterate rounded to
+  the nearest 8-bit image (bin centre (k + 1/2) / 256), with the straight-through gradient
+  (BPDA).  Margin, L2, L_detect and success then all refer to an image the service could
+  actually receive; without it, a kappa = 0.01 adversarial rarely survives rounding to uint8.
 - Early abort (finite kappa only): every steps / 10 steps an image whose loss improved by less
   than 1e-4 (relative) is dropped from the batch for the rest of the round, as in the CW code.
   Images are independent (the models run in eval mode), so this only saves time.
@@ -46,6 +50,7 @@ __all__ = [
     "DETECT_STATISTICS",
     "DetectionPenalty",
     "LogitsFn",
+    "bin_centres",
     "carlini_wagner_l2",
     "dc_attack_fn",
     "gc_attack_fn",
@@ -73,10 +78,11 @@ class AttackConfig:
     kappa: float = 0.01  # confidence cap; math.inf: no cap, run to the step budget
     d: float = 0.0  # weight of L_detect
     steps: int = 100  # Adam steps per binary-search round
-    rounds: int = 4  # binary-search rounds over c
+    rounds: int = 3  # binary-search rounds over c
     c0: float = 1.0  # initial c
     lr: float = 0.01  # Adam learning rate on w
     abort_early: bool = True  # finite kappa: drop images whose loss stalls
+    quantize: bool = False  # the model sees 8-bit images (straight-through gradient)
 
     def __post_init__(self) -> None:
         if not (self.kappa > 0 or self.kappa == 0):
@@ -183,6 +189,11 @@ def quantize_unit(x: Tensor) -> Tensor:
     return torch.clamp(torch.round(x * 256.0 - 0.5), 0, 255).to(torch.uint8)
 
 
+def bin_centres(x: Tensor) -> Tensor:
+    """The 8-bit image nearest to x, back in [0, 1]: pixels_to_unit(quantize_unit(x))."""
+    return (quantize_unit(x).float() + 0.5) / 256.0
+
+
 def _evaluate(logits_fn: LogitsFn, x_adv: Tensor) -> tuple[Tensor, Tensor | None]:
     out = logits_fn(x_adv)
     return (out, None) if isinstance(out, Tensor) else out
@@ -219,6 +230,8 @@ def _run_round(
             break
         w = (w0[active] + delta[active]).requires_grad_(True)
         x_adv = (torch.tanh(w) + 1.0) / 2.0
+        if config.quantize:  # forward the nearest 8-bit image, gradient straight through
+            x_adv = x_adv + (bin_centres(x_adv) - x_adv).detach()
         logits, detect = _evaluate(logits_fn, x_adv)
         has_detect = detect is not None
         margin = target_margin(logits, targets[active])

@@ -1,0 +1,480 @@
+"""Load test: the served GC and CNN baseline through one TorchServe, over REST and gRPC.
+
+    .venv/bin/python benchmarks/serve_load.py                  # 15 s per cell: about 8 minutes
+    .venv/bin/python benchmarks/serve_load.py --quick          # smoke test: seconds per cell
+
+Builds four archives into a scratch model store (default ``runs/bench_store``): the shipped GC
+(``model_store/fashion_mnist``) and the CNN baseline (``runs/sweep/fashion_mnist_dc``, archived
+without calibration: its answers carry neutral trust fields), each with batching off
+(``batchSize: 1``) and on (the production ``batchSize: 16``, ``maxBatchDelay: 5``); everything
+else is the production model-config yaml (two workers, one torch thread each).  Starts its own
+TorchServe (production config, token auth on) on free non-default ports in its own run
+directory, and always stops it.
+
+For each protocol (REST, gRPC), batching setting and concurrency (1, 8, 32 client threads, each
+sending one request at a time, back to back), GC and baseline run one after the other over the
+same real Fashion-MNIST test images (PNG bytes): a warm-up, then a bounded measurement.  Reports
+throughput, latency percentiles, errors, the client's own CPU use (it shares the machine) and
+the ratio GC / baseline throughput.  Writes JSON and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GC_DIR = REPO / "model_store" / "fashion_mnist"
+BASELINE_DIR = REPO / "runs" / "sweep" / "fashion_mnist_dc"
+PRODUCTION_MODEL_CONFIG = REPO / "deploy" / "torchserve" / "model-config.yaml"
+PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+THROUGHPUT_TARGET = 0.5  # served GC throughput >= 0.5x the baseline's
+
+
+# ------------------------------------------------------------------------- pure helpers
+
+
+def model_config_text(base: str, batch_size: int, max_batch_delay: int | None = None) -> str:
+    """The model-config yaml ``base`` with ``batchSize`` (and ``maxBatchDelay``) replaced."""
+
+    def put(text: str, key: str, value: int) -> str:
+        # Replace the value only: the blank before a trailing "# comment" must stay, or YAML
+        # reads "5# comment" as a string and TorchServe falls back to its default.
+        pattern = re.compile(rf"^{key}:[ \t]*[^\s#]*", re.MULTILINE)
+        if pattern.search(text):
+            return pattern.sub(f"{key}: {value}", text, count=1)
+        return text.rstrip("\n") + f"\n{key}: {value}\n"
+
+    text = put(base, "batchSize", batch_size)
+    if max_batch_delay is not None:
+        text = put(text, "maxBatchDelay", max_batch_delay)
+    return text
+
+
+def check_model_config(path: Path, batch_size: int, max_batch_delay: int) -> None:
+    """Fail unless the yaml parses to these integers (TorchServe ignores invalid values)."""
+    import yaml
+
+    parsed = yaml.safe_load(path.read_text())
+    wanted = {"batchSize": batch_size, "maxBatchDelay": max_batch_delay}
+    got = {key: parsed.get(key) for key in wanted}
+    if got != wanted:
+        raise ValueError(f"{path}: expected {wanted}, the yaml gives {got}")
+
+
+def model_name(role: str, batch_size: int) -> str:
+    """Served name of one archive, e.g. ``gc_batch16`` or ``baseline_batch1``."""
+    return f"{role}_batch{batch_size}"
+
+
+def summarize(latencies_ms: list[float], errors: int, elapsed_s: float) -> dict[str, float]:
+    """Throughput (successful answers per second) and latency percentiles of one run."""
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    count = int(values.size)
+
+    def pct(q: float) -> float:
+        return float(np.percentile(values, q)) if count else float("nan")
+
+    return {
+        "requests": count,
+        "errors": int(errors),
+        "seconds": float(elapsed_s),
+        "throughput": count / elapsed_s if elapsed_s > 0 else float("nan"),
+        "mean_ms": float(values.mean()) if count else float("nan"),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+    }
+
+
+def ratio(gc: float, baseline: float) -> float:
+    """GC / baseline, NaN when either is missing or the baseline is zero."""
+    if not (np.isfinite(gc) and np.isfinite(baseline)) or baseline == 0:
+        return float("nan")
+    return gc / baseline
+
+
+def render(result: dict) -> str:
+    """Markdown: one row per protocol, batching and concurrency, GC and baseline side by side."""
+    lines = [
+        f"Machine: {result['machine']}; {result['duration']:g} s per cell after "
+        f"{result['warmup']:g} s warm-up; {result['workers']}; load average (1 min) "
+        f"{result['load_before']:.2f} before, {result['load_after']:.2f} after.",
+        "",
+        "| protocol | batching | concurrency | GC req/s | GC p50 / p95 / p99 ms | "
+        "baseline req/s | baseline p50 / p95 / p99 ms | errors GC / baseline | client CPU | "
+        "GC / baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in result["cells"]:
+        gc, base = cell["gc"], cell["baseline"]
+        batching = "off (1)" if cell["batch_size"] == 1 else f"on ({cell['batch_size']})"
+        client = max(gc["client_cpu"], base["client_cpu"])
+        lines.append(
+            f"| {cell['protocol']} | {batching} | {cell['concurrency']} | "
+            f"{gc['throughput']:.1f} | {gc['p50_ms']:.1f} / {gc['p95_ms']:.1f} / "
+            f"{gc['p99_ms']:.1f} | {base['throughput']:.1f} | {base['p50_ms']:.1f} / "
+            f"{base['p95_ms']:.1f} / {base['p99_ms']:.1f} | {gc['errors']} / {base['errors']} | "
+            f"{client:.2f} | **{cell['ratio']:.2f}x** |"
+        )
+    ratios = [c["ratio"] for c in result["cells"] if np.isfinite(c["ratio"])]
+    if ratios:
+        met = sum(r >= THROUGHPUT_TARGET for r in ratios)
+        lines += [
+            "",
+            f"GC / baseline throughput: {min(ratios):.2f}x to {max(ratios):.2f}x; target >= "
+            f"{THROUGHPUT_TARGET:.1f}x met in {met} of {len(ratios)} cells. Client CPU: cores "
+            "used by this load generator (same machine), the higher of the two runs.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- inputs
+
+
+def png_images(count: int) -> tuple[list[bytes], str]:
+    """PNG bytes of Fashion-MNIST test images (random pixels when the data set is absent)."""
+    from PIL import Image
+
+    try:
+        from training.data import load_fashion_mnist
+
+        images = load_fashion_mnist("test").images[:count, :, :, 0]
+        source = f"{len(images)} Fashion-MNIST test images"
+    except (OSError, ValueError, ImportError):
+        images = np.random.default_rng(0).integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        source = f"{count} random 28x28 images (Fashion-MNIST test data not found)"
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return encoded, source
+
+
+# ------------------------------------------------------------------------------ clients
+
+
+class RestSender:
+    """One keep-alive HTTP session per thread; a request is OK when the answer is 200."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url
+        self.headers = {"Content-Type": "application/octet-stream"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.local = threading.local()
+
+    def __call__(self, image: bytes) -> tuple[bool, bytes]:
+        import requests
+
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+        answer = session.post(self.url, data=image, headers=self.headers, timeout=60)
+        return answer.status_code == 200, answer.content
+
+    def close(self) -> None:
+        pass
+
+
+class GrpcSender:
+    """One gRPC channel shared by all threads (HTTP/2 multiplexing), TorchServe's Predictions."""
+
+    def __init__(self, target: str, model: str, token: str | None) -> None:
+        import grpc
+
+        from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
+
+        self.grpc = grpc
+        self.request_type = inference_pb2.PredictionsRequest
+        self.model = model
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.channel = grpc.insecure_channel(target)
+        self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
+
+    def __call__(self, image: bytes) -> tuple[bool, bytes]:
+        request = self.request_type(model_name=self.model, input={"data": image})
+        try:
+            reply = self.stub.Predictions(request, metadata=self.metadata, timeout=60)
+        except self.grpc.RpcError as error:
+            return False, str(error.code()).encode()
+        return True, reply.prediction
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@dataclass
+class RunResult:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    first_answer: bytes | None = None
+    error_sample: str | None = None
+
+
+def drive(
+    send: Callable[[bytes], tuple[bool, bytes]],
+    images: list[bytes],
+    concurrency: int,
+    duration: float,
+) -> tuple[RunResult, float, float]:
+    """``concurrency`` threads send back to back for ``duration`` s: (result, elapsed, client CPU).
+
+    Elapsed runs from the start to the last answer, so requests still in flight at the deadline
+    count fully; client CPU is this process's CPU seconds per wall second (all threads).
+    """
+    result = RunResult()
+    lock = threading.Lock()
+    start_barrier = threading.Barrier(concurrency + 1)
+    deadline_box: list[float] = []
+
+    def worker(index: int) -> None:
+        latencies, errors, position = [], 0, (index * 97) % len(images)
+        start_barrier.wait()
+        deadline = deadline_box[0]
+        while time.perf_counter() < deadline:
+            image = images[position]
+            position = (position + 1) % len(images)
+            began = time.perf_counter()
+            try:
+                ok, body = send(image)
+            except Exception as error:  # noqa: BLE001 - a failed request is a counted error
+                ok, body = False, repr(error).encode()
+            took = (time.perf_counter() - began) * 1e3
+            if ok:
+                latencies.append(took)
+                if result.first_answer is None:
+                    result.first_answer = body
+            else:
+                errors += 1
+                if result.error_sample is None:
+                    result.error_sample = body[:300].decode(errors="replace")
+        with lock:
+            result.latencies_ms.extend(latencies)
+            result.errors += errors
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    deadline_box.append(started + duration)
+    start_barrier.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return result, elapsed, (time.process_time() - cpu_before) / elapsed
+
+
+def check_answer(body: bytes | None, role: str) -> str:
+    """Validate one answer against the response schema; the baseline's trust fields are neutral."""
+    from serving.schema import ClassificationResponse
+
+    if body is None:
+        return "no successful answer"
+    response = ClassificationResponse.model_validate_json(body)
+    neutral = response.typicality.statistic == "none" and response.attack.p_value == 1.0
+    if neutral != (role == "baseline"):
+        return f"{role} answer has {'neutral' if neutral else 'real'} trust fields"
+    return "ok"
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+def free_ports(host: str = "127.0.0.1") -> dict[str, int]:
+    """Five distinct ephemeral ports, free at the time of asking."""
+    ports: dict[str, int] = {}
+    sockets = []
+    try:
+        while len(ports) < len(PORT_NAMES):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.bind((host, 0))
+            sockets.append(probe)
+            ports[PORT_NAMES[len(ports)]] = int(probe.getsockname()[1])
+    finally:
+        for probe in sockets:
+            probe.close()
+    return ports
+
+
+def build_store(store: Path, batch_sizes: list[int], max_batch_delay: int) -> dict[str, Path]:
+    """The four (or more) archives in ``store``; returns served name -> .mar path."""
+    from serving.archive import build_archive
+
+    store.mkdir(parents=True, exist_ok=True)
+    base = PRODUCTION_MODEL_CONFIG.read_text()
+    archives = {}
+    for batch_size in batch_sizes:
+        config = store / f"model-config-batch{batch_size}.yaml"
+        config.write_text(model_config_text(base, batch_size, max_batch_delay))
+        check_model_config(config, batch_size, max_batch_delay)
+        for role, directory in (("gc", GC_DIR), ("baseline", BASELINE_DIR)):
+            name = model_name(role, batch_size)
+            archives[name] = build_archive(
+                directory,
+                store,
+                name=name,
+                model_config=config,
+                allow_uncalibrated=role == "baseline",
+            )
+            print(f"built {archives[name]}", flush=True)
+    return archives
+
+
+def load_average() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def run(args: argparse.Namespace) -> dict:
+    from serving.server import ServerSettings, TorchServe
+
+    if not (BASELINE_DIR / "model.json").is_file():
+        raise SystemExit(f"the CNN baseline artifact {BASELINE_DIR} is missing")
+    archives = build_store(args.store, args.batch_sizes, args.max_batch_delay)
+    images, source = png_images(args.images)
+    run_dir = Path(tempfile.mkdtemp(prefix="serve-load-", dir=args.run_root))
+    settings = ServerSettings(
+        model_store=args.store,
+        models=",".join(f"{name}={path.name}" for name, path in archives.items()),
+        run_dir=run_dir,
+        auth=True,
+        ports=free_ports(),
+    )
+    server = TorchServe(settings)
+    print(f"starting TorchServe in {run_dir} on {settings.ports}", flush=True)
+    server.start()
+    cells = []
+    load_before = load_average()
+    try:
+        for name in archives:
+            server.wait_ready(name, timeout=args.ready_timeout)
+        token = server.keys()["inference"]
+        senders = {
+            "REST": lambda model: RestSender(
+                f"{settings.url('inference')}/predictions/{model}", token
+            ),
+            "gRPC": lambda model: GrpcSender(
+                f"{settings.host}:{settings.ports['grpc_inference']}", model, token
+            ),
+        }
+        checks = {}
+        for protocol in args.protocols:
+            for batch_size in args.batch_sizes:
+                for concurrency in args.concurrency:
+                    cell = {
+                        "protocol": protocol,
+                        "batch_size": batch_size,
+                        "concurrency": concurrency,
+                    }
+                    for role in ("gc", "baseline"):
+                        name = model_name(role, batch_size)
+                        send = senders[protocol](name)
+                        try:
+                            if args.warmup > 0:
+                                drive(send, images, concurrency, args.warmup)
+                            outcome, elapsed, client_cpu = drive(
+                                send, images, concurrency, args.duration
+                            )
+                        finally:
+                            send.close()
+                        summary = summarize(outcome.latencies_ms, outcome.errors, elapsed)
+                        summary["client_cpu"] = client_cpu
+                        summary["load_1min"] = load_average()
+                        if outcome.error_sample:
+                            summary["error_sample"] = outcome.error_sample
+                        checks.setdefault(
+                            f"{protocol} {role}", check_answer(outcome.first_answer, role)
+                        )
+                        cell[role] = summary
+                    cell["ratio"] = ratio(cell["gc"]["throughput"], cell["baseline"]["throughput"])
+                    cells.append(cell)
+                    print(json.dumps(cell), flush=True)
+    finally:
+        server.stop()
+        print(f"TorchServe stopped (logs in {server.log_dir})", flush=True)
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="minutes"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs",
+        "images": source,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "workers": "production model config: 2 workers x 1 torch thread, maxBatchDelay "
+        f"{args.max_batch_delay} ms",
+        "load_before": load_before,
+        "load_after": load_average(),
+        "answer_checks": checks,
+        "run_dir": str(run_dir),
+        "cells": cells,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per cell")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--protocols", nargs="+", default=["REST", "gRPC"], choices=["REST", "gRPC"]
+    )
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
+    parser.add_argument("--images", type=int, default=1000, help="distinct test images sent")
+    parser.add_argument("--store", type=Path, default=REPO / "runs" / "bench_store")
+    parser.add_argument("--run-root", type=Path, default=None, help="parent of the run dir")
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 s cells")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.images = 1.0, 0.3, 64
+
+    def _terminate(signum, frame):  # noqa: ARG001 - turn SIGTERM into an exception: finally runs
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_load.json").write_text(json.dumps(result, indent=2))
+    text = render(result)
+    (args.out / "serve_load.md").write_text(text)
+    print(text)
+    print(f"answer checks: {result['answer_checks']}")
+    bad = [k for k, v in result["answer_checks"].items() if v != "ok"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Smoke tests of benchmarks/serve_load.py's pure parts (no TorchServe, no timings asserted)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+PRODUCTION = """# Per-model settings
+minWorkers: 2
+maxWorkers: 2
+batchSize: 16
+maxBatchDelay: 5        # milliseconds a batch waits to fill
+responseTimeout: 60     # seconds
+trustgc:
+  torch_threads: 1
+"""
+
+
+def test_model_config_text_replaces_batching_and_keeps_the_rest(serve_load) -> None:
+    text = serve_load.model_config_text(PRODUCTION, 1, 7)
+    assert "batchSize: 1\n" in text and "batchSize: 16" not in text
+    assert "maxBatchDelay: 7" in text and "# milliseconds a batch waits to fill" in text
+    assert "minWorkers: 2" in text and "  torch_threads: 1" in text
+    assert serve_load.model_config_text(PRODUCTION, 16).count("maxBatchDelay: 5") == 1
+    added = serve_load.model_config_text("minWorkers: 1\n", 4, 10)
+    assert "batchSize: 4" in added and "maxBatchDelay: 10" in added
+
+
+def test_production_model_config_parses_to_the_new_integers(serve_load, tmp_path) -> None:
+    """Trailing comments stay comments: "maxBatchDelay: 5# ..." would be a YAML string."""
+    yaml = pytest.importorskip("yaml")
+    text = serve_load.PRODUCTION_MODEL_CONFIG.read_text()
+    for source in (text, PRODUCTION):
+        changed = serve_load.model_config_text(source, 1, 7)
+        parsed = yaml.safe_load(changed)
+        assert parsed["batchSize"] == 1 and parsed["maxBatchDelay"] == 7
+        assert parsed["minWorkers"] == 2 and parsed["trustgc"]["torch_threads"] == 1
+    path = tmp_path / "config.yaml"
+    path.write_text(serve_load.model_config_text(text, 16, 5))
+    serve_load.check_model_config(path, 16, 5)
+    path.write_text("batchSize: 16\nmaxBatchDelay: 5# comment\n")
+    with pytest.raises(ValueError, match="maxBatchDelay"):
+        serve_load.check_model_config(path, 16, 5)
+
+
+def test_summarize_percentiles_and_throughput(serve_load) -> None:
+    summary = serve_load.summarize([float(v) for v in range(1, 101)], errors=2, elapsed_s=4.0)
+    assert summary["requests"] == 100 and summary["errors"] == 2
+    assert summary["throughput"] == pytest.approx(25.0)
+    assert summary["p50_ms"] == pytest.approx(50.5)
+    assert summary["p99_ms"] == pytest.approx(np.percentile(np.arange(1, 101), 99))
+    empty = serve_load.summarize([], errors=3, elapsed_s=1.0)
+    assert empty["requests"] == 0 and math.isnan(empty["p95_ms"])
+
+
+def test_ratio_and_names(serve_load) -> None:
+    assert serve_load.ratio(50.0, 100.0) == pytest.approx(0.5)
+    assert math.isnan(serve_load.ratio(1.0, 0.0))
+    assert math.isnan(serve_load.ratio(float("nan"), 1.0))
+    assert serve_load.model_name("gc", 16) == "gc_batch16"
+
+
+def test_free_ports_are_distinct(serve_load) -> None:
+    ports = serve_load.free_ports()
+    assert set(ports) == set(serve_load.PORT_NAMES)
+    assert len(set(ports.values())) == len(ports)
+
+
+def test_drive_counts_answers_and_errors(serve_load) -> None:
+    calls = []
+
+    def send(image: bytes):
+        calls.append(image)
+        return len(calls) % 5 != 0, b'{"ok": true}'
+
+    result, elapsed, cpu = serve_load.drive(send, [b"a", b"b", b"c"], concurrency=3, duration=0.05)
+    assert len(result.latencies_ms) + result.errors == len(calls) > 0
+    assert result.first_answer == b'{"ok": true}' and elapsed > 0 and cpu >= 0
+
+    def broken(image: bytes):
+        raise ConnectionError("refused")
+
+    failed, _, _ = serve_load.drive(broken, [b"a"], concurrency=2, duration=0.02)
+    assert failed.errors > 0 and not failed.latencies_ms
+    assert "refused" in failed.error_sample
+
+
+def _cell(protocol: str, batch: int, concurrency: int, gc: float, base: float) -> dict:
+    def side(throughput: float) -> dict:
+        return {
+            "throughput": throughput,
+            "p50_ms": 10.0,
+            "p95_ms": 20.0,
+            "p99_ms": 30.0,
+            "errors": 0,
+            "client_cpu": 0.1,
+        }
+
+    return {
+        "protocol": protocol,
+        "batch_size": batch,
+        "concurrency": concurrency,
+        "gc": side(gc),
+        "baseline": side(base),
+        "ratio": gc / base,
+    }
+
+
+def test_render_makes_one_row_per_cell(serve_load) -> None:
+    result = {
+        "machine": "test CPU, 2 logical CPUs",
+        "duration": 15.0,
+        "warmup": 3.0,
+        "workers": "2 workers",
+        "load_before": 0.5,
+        "load_after": 1.0,
+        "cells": [_cell("REST", 1, 1, 40.0, 100.0), _cell("gRPC", 16, 32, 90.0, 100.0)],
+    }
+    text = serve_load.render(result)
+    rows = [line for line in text.splitlines() if line.startswith("| REST") or "| gRPC" in line]
+    assert len(rows) == 2
+    assert "**0.40x**" in text and "**0.90x**" in text
+    assert "met in 1 of 2 cells" in text
+
+
+def test_answer_check_tells_neutral_from_real_trust_fields(serve_load) -> None:
+    from serving.schema import (
+        Attack,
+        ClassificationResponse,
+        ClassProbability,
+        LogLikelihood,
+        ModelInfo,
+        Typicality,
+    )
+
+    def response(statistic: str, p: float) -> bytes:
+        top = ClassProbability(label="a", index=0, probability=1.0)
+        return (
+            ClassificationResponse(
+                model=ModelInfo(name="m", version="1"),
+                decision="accepted",
+                prediction=top,
+                probabilities=[top],
+                log_likelihood=LogLikelihood(bits_per_dim=0.0, per_class_bits_per_dim=[]),
+                typicality=Typicality(
+                    p_value=p,
+                    alpha=0.0,
+                    out_of_distribution=False,
+                    statistic=statistic,
+                    components={},
+                ),
+                attack=Attack(p_value=p, alpha=0.0, suspected=False, statistic=statistic),
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    assert serve_load.check_answer(response("none", 1.0), "baseline") == "ok"
+    assert serve_load.check_answer(response("combined_ood", 0.3), "gc") == "ok"
+    assert serve_load.check_answer(response("none", 1.0), "gc") != "ok"
+    assert serve_load.check_answer(None, "gc") != "ok"

@@ -176,10 +176,26 @@ def gc_forward(model: nn.Module) -> Callable:
 def time_rounds(
     calls: dict[str, Callable[[], object]], rounds: int, seconds: float, warmup: int = 1
 ) -> dict[str, float]:
-    """Median seconds per call of each callable, timed in alternating rounds.
+    """Median seconds per call of each callable, timed in alternating rounds."""
+    per_round = time_rounds_raw(calls, rounds, seconds, warmup)
+    return {name: statistics.median(values) for name, values in per_round.items()}
 
-    Each round runs every callable back to back for at least ``seconds`` (and at least once);
-    alternating spreads load from other processes over all of them alike.
+
+def paired_ratio(per_round: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of numerator / denominator time: each pair ran back to back, so slow
+    drifts of the machine's load cancel out of every ratio."""
+    pairs = zip(per_round[numerator], per_round[denominator], strict=True)
+    return statistics.median(a / b for a, b in pairs)
+
+
+def time_rounds_raw(
+    calls: dict[str, Callable[[], object]], rounds: int, seconds: float, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each callable in each of ``rounds`` alternating rounds.
+
+    Each round runs every callable back to back for at least ``seconds`` (and at least once:
+    ``seconds=0`` gives one call per round); alternating spreads load from other processes over
+    all of them alike.
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -195,7 +211,7 @@ def time_rounds(
                 if elapsed >= seconds:
                     break
             per_round[name].append(elapsed / count)
-    return {name: statistics.median(values) for name, values in per_round.items()}
+    return per_round
 
 
 def load_average() -> float:
@@ -246,7 +262,8 @@ def throughput_rows(
                     "gc": lambda gc=gc, x=x: gc.score(x),
                     "baseline": lambda baseline=baseline, x=x: baseline(x),
                 }
-                timing = time_rounds(calls, rounds, s)
+                raw = time_rounds_raw(calls, rounds, s)
+            timing = {name: statistics.median(values) for name, values in raw.items()}
             rows.append(
                 {
                     "config": config,
@@ -254,7 +271,7 @@ def throughput_rows(
                     "batch": size,
                     "gc_img_s": size / timing["gc"],
                     "baseline_img_s": size / timing["baseline"],
-                    "ratio": timing["baseline"] / timing["gc"],
+                    "ratio": paired_ratio(raw, "baseline", "gc"),
                     "load_1min": load_average(),
                 }
             )
@@ -339,7 +356,10 @@ def _with_png(function: Callable[[np.ndarray], np.ndarray], call: Callable[[], o
 def gating_rows(
     threads: tuple[int, ...], batch: int, rounds: int, seconds: float, compare_images: int
 ) -> dict:
-    """Predictor.predict against model.score at ``batch``, the breakdown, and PNG variants."""
+    """Predictor.predict against model.score at ``batch``, the breakdown, and PNG variants.
+
+    One call of each per round (``rounds`` rounds): the ratios are medians of per-round ratios.
+    """
     from trustgc.inference import model_outputs
     from trustgc.trust.predictor import Predictor
     from trustgc.trust.statistics import compute_statistics, png_code_length_bits
@@ -373,7 +393,8 @@ def gating_rows(
             "other_statistics": lambda: compute_statistics(outputs, pixels, non_png),
             "p_values": lambda: predictor.p_values(stats),
         }
-        timing = time_rounds(calls, rounds, seconds)
+        raw = time_rounds_raw(calls, rounds, 0.0)
+        timing = {name: statistics.median(values) for name, values in raw.items()}
         accounted = timing["model_outputs"] + timing["png"]
         accounted += timing["other_statistics"] + timing["p_values"]
         rows.append(
@@ -382,8 +403,10 @@ def gating_rows(
                 "batch": batch,
                 "ms": {name: 1e3 * value for name, value in timing.items()},
                 "rest_ms": 1e3 * (timing["predict"] - accounted),
-                "ratio": timing["predict"] / timing["bare_forward"],
-                "ratio_fast_png": timing["predict_fast_png"] / timing["bare_forward"],
+                "rounds": rounds,
+                "ratio": paired_ratio(raw, "predict", "bare_forward"),
+                "ratio_fast_png": paired_ratio(raw, "predict_fast_png", "bare_forward"),
+                "png_share": paired_ratio(raw, "png", "bare_forward"),
                 "load_1min": load_average(),
             }
         )
@@ -503,18 +526,21 @@ def render(result: dict) -> str:
         "",
         f"Gating overhead of the shipped model ({gating['source']}): `Predictor.predict` "
         f"(forward, statistics, both p-values, decision) / bare `model.score`; target <= "
-        f"{GATING_TARGET:.2f}x. Milliseconds per batch; the last columns break `predict` down "
-        "(rest = predict minus the parts: result objects, and timing noise):",
+        f"{GATING_TARGET:.2f}x. Ratios: medians over rounds of back-to-back calls. "
+        "Milliseconds per batch (medians); the last columns break `predict` down (rest = "
+        "predict minus the parts: result objects, and timing noise):",
         "",
-        "| threads | batch | bare forward | predict | ratio | ratio, identical fast PNG | "
-        "model_outputs | PNG | PNG, fast | other statistics | p-values | rest |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| threads | batch | rounds | bare forward | predict | ratio | ratio, identical fast "
+        "PNG | PNG / forward | model_outputs | PNG | PNG, fast | other statistics | p-values | "
+        "rest |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in gating["rows"]:
         ms = row["ms"]
         lines.append(
-            f"| {row['threads']} | {row['batch']} | {ms['bare_forward']:.1f} | "
+            f"| {row['threads']} | {row['batch']} | {row['rounds']} | {ms['bare_forward']:.1f} | "
             f"{ms['predict']:.1f} | **{row['ratio']:.3f}x** | {row['ratio_fast_png']:.3f}x | "
+            f"{row['png_share']:.3f} | "
             f"{ms['model_outputs']:.1f} | {ms['png']:.1f} | {ms['png_fast']:.1f} | "
             f"{ms['other_statistics']:.2f} | {ms['p_values']:.2f} | {row['rest_ms']:.1f} |"
         )
@@ -571,13 +597,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum time per round")
     parser.add_argument(
+        "--gating-rounds", type=int, default=40, help="rounds of one call each (gating)"
+    )
+    parser.add_argument(
         "--compare-images", type=int, default=2000, help="images for the PNG variant check"
     )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 round, 0.05 s")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.seconds, args.compare_images = 1, 0.05, 128
+        args.rounds, args.seconds, args.compare_images, args.gating_rounds = 1, 0.05, 128, 2
     threads, configs = tuple(args.threads), tuple(args.configs)
     started = time.time()
     load_before = load_average()
@@ -591,7 +620,9 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": throughput_rows(
             configs, threads, args.batch, args.imagenet_batch, args.rounds, args.seconds
         ),
-        "gating": gating_rows(threads, args.batch, args.rounds, args.seconds, args.compare_images),
+        "gating": gating_rows(
+            threads, args.batch, args.gating_rounds, args.seconds, args.compare_images
+        ),
         "onnx": onnx_rows(threads, args.batch, args.rounds, args.seconds),
     }
     result["load_after"] = load_average()

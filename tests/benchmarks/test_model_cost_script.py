@@ -66,6 +66,13 @@ def test_spearman_and_human(model_cost) -> None:
     assert model_cost.human(512) == "512"
 
 
+def test_paired_ratio_is_the_median_of_per_round_ratios(model_cost) -> None:
+    raw = {"a": [2.0, 4.0, 30.0], "b": [1.0, 2.0, 10.0]}
+    assert model_cost.paired_ratio(raw, "a", "b") == pytest.approx(2.0)
+    single = model_cost.time_rounds_raw({"x": lambda: None}, 3, 0.0, warmup=0)
+    assert len(single["x"]) == 3
+
+
 def test_time_rounds_returns_a_time_per_callable(model_cost) -> None:
     calls = []
     timing = model_cost.time_rounds({"a": lambda: calls.append(1), "b": lambda: None}, 2, 0.0)
@@ -129,8 +136,10 @@ def test_render_includes_every_section(model_cost) -> None:
                     "batch": 64,
                     "ms": ms,
                     "rest_ms": 0.1,
+                    "rounds": 40,
                     "ratio": 1.04,
                     "ratio_fast_png": 1.02,
+                    "png_share": 0.03,
                     "load_1min": 0.1,
                 }
             ],

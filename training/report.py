@@ -304,7 +304,11 @@ def _table2_metrics(model, log_posterior, log_likelihood, labels) -> dict:
     """Table 2 metrics via ``metrics_from_outputs`` from the cached per-image outputs."""
     dim = int(model.manifest.config.input.dims)
     outputs = ModelOutputs(log_posterior, log_likelihood, None, None, dim)
-    return metrics_from_outputs(outputs, labels)
+    metrics = metrics_from_outputs(outputs, labels)
+    confident = np.exp(log_posterior.max(axis=1)) >= 0.997  # the OCE's critical confidence
+    metrics["n_confident"] = int(confident.sum())
+    metrics["n_confident_wrong"] = int((log_posterior.argmax(axis=1) != labels)[confident].sum())
+    return metrics
 
 
 def _ood_stage(models, test, clean, options, cache) -> dict[str, dict]:
@@ -626,6 +630,28 @@ def _plot_corruption_examples(image: np.ndarray, options, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _explain_examples(scores: dict[str, np.ndarray], labels: np.ndarray) -> tuple[int, int]:
+    """Test images for Fig. 3: a confident and an ambiguous in-distribution decision.
+
+    Both are drawn from the images the production test finds typical (p >= 0.1), so that the
+    examples are in-distribution: confident = the correct prediction with top-1 >= 0.99 whose
+    OoD score is closest to the median (the most confident one is often atypically close to
+    its class mean); ambiguous = the smallest gap between the top-2 posteriors.
+    """
+    posterior = np.sort(np.exp(scores["log_posterior"]), axis=1)
+    correct = scores["log_posterior"].argmax(axis=1) == labels
+    typical = scores["production"] <= -np.log(0.1)
+    if not typical.any():
+        typical = np.ones_like(correct)
+    sure = correct & typical & (posterior[:, -1] >= 0.99)
+    if not sure.any():
+        sure = np.ones_like(correct)
+    distance = np.abs(scores["production"] - np.median(scores["production"]))
+    confident = int(np.argmin(np.where(sure, distance, np.inf)))
+    gap = np.where(typical, posterior[:, -1] - posterior[:, -2], np.inf)
+    return confident, int(np.argmin(gap))
+
+
 def _explain_stage(models, test, clean, options, out: Path) -> dict[str, Any]:
     """Figs. 3-5 analogs on one GC: decision spaces, class similarity, posterior heatmaps."""
     from trustgc.explain import class_distances, class_similarity
@@ -635,11 +661,7 @@ def _explain_stage(models, test, clean, options, out: Path) -> dict[str, Any]:
     if not gcs:
         return {"skipped": "no generative classifier with beta > 0"}
     model = next((m for m in gcs if m.label == options.explain_beta), gcs[len(gcs) // 2])
-    log_posterior = clean[model.name]["scores"]["log_posterior"]
-    ranked = np.sort(log_posterior, axis=1)
-    correct = log_posterior.argmax(axis=1) == test.labels
-    confident = int(np.argmax(np.where(correct, ranked[:, -1], -np.inf)))
-    ambiguous = int(np.argmin(np.exp(ranked[:, -1]) - np.exp(ranked[:, -2])))
+    confident, ambiguous = _explain_examples(clean[model.name]["scores"], test.labels)
     ood_name = "mnist"
     try:
         ood = make_ood_set("mnist", test.images, 1, options.seed)
@@ -759,6 +781,7 @@ def _model_info(model: _Model) -> dict[str, Any]:
         "source": str(model.source),
         "used": str(model.path),
         "kind": model.manifest.config.kind,
+        "parameters": int(sum(p.numel() for p in model.network.parameters())),
         "weights_sha256": model.digest[:16],
         "command": training.get("command"),
         "training_seconds": training.get("training_seconds"),
@@ -798,6 +821,10 @@ def _fmt(value: Any, digits: int = 2, scale: float = 1.0) -> str:
 def _label(results: dict, name: str) -> str:
     info = next(m for m in results["models"] if m["name"] == name)
     return "baseline (CNN)" if info["beta"] is None else f"beta={info['label']}"
+
+
+def _beta_of(results: dict, name: str) -> float | None:
+    return next(m["beta"] for m in results["models"] if m["name"] == name)
 
 
 def _write_readme(results: dict, out: Path) -> Path:
@@ -869,15 +896,16 @@ def _md_models(results: dict) -> list[str]:
         "IB-INNs are used through calibrated copies (`trustgc calibrate` = "
         "`calibrate_artifact` on a copy; the sources are untouched).",
         "",
-        "| model | beta | kind | training command | training time | hardware | epochs | "
-        "calibration split (A / B) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | beta | kind | parameters | training command | training time | hardware | "
+        "epochs | calibration split (A / B) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in results["models"]:
         seconds = m["training_seconds"]
         split = m["calibration"] or {}
         lines.append(
-            f"| `{m['name']}` | {m['label']} | {m['kind']} | `{m['command']}` | "
+            f"| `{m['name']}` | {m['label']} | {m['kind']} | {m['parameters'] / 1e6:.2f} M | "
+            f"`{m['command']}` | "
             f"{_fmt(seconds / 60 if seconds else None, 1)} min | {m['hardware'] or '-'} | "
             f"{m['epochs_completed'] or '-'} | "
             f"{split.get('part_a', '-')} / {split.get('part_b', '-')} |"
@@ -895,15 +923,24 @@ def _md_table2(results: dict) -> list[str]:
         "rate among predictions with confidence >= 99.7 % divided by 0.003 (`-`: no such "
         "prediction).  (training/metrics.py)",
         "",
-        "| model | L_X | L_Y | bits/dim | accuracy (%) | top-1 ECE | authors' ECE | OCE |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | L_X | L_Y | bits/dim | accuracy (%) | top-1 ECE | authors' ECE | OCE | "
+        "conf. >= 99.7 % (wrong) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in results["table2"].items():
         lines.append(
             f"| {_label(results, name)} | {_fmt(m.get('l_x'), 3)} | {_fmt(m['l_y'], 3)} | "
             f"{_fmt(m.get('bits_per_dim'), 3)} | {_fmt(m['accuracy'], 2, 100)} | "
-            f"{_fmt(m['ece_top1'], 4)} | {_fmt(m['ece_authors'], 4)} | {_fmt(m['oce'], 2)} |"
+            f"{_fmt(m['ece_top1'], 4)} | {_fmt(m['ece_authors'], 4)} | {_fmt(m['oce'], 2)} | "
+            f"{m['n_confident']} ({m['n_confident_wrong']}) |"
         )
+    if any(info["beta"] == 0 for info in results["models"]):
+        lines += [
+            "",
+            "beta = 0 is a plain flow trained without labels (L_Y has weight 0): its class "
+            "means are never pulled towards the classes, so its L_Y, accuracy and calibration "
+            "describe an arbitrary assignment (the paper leaves them blank).",
+        ]
     lines += [
         "",
         "![Fig. 2 analog](fig2_tradeoff.png)",
@@ -972,6 +1009,11 @@ def _md_corruptions(results: dict) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
+        if _beta_of(results, name) == 0:  # no classifier: only the OoD column means something
+            lines.append(
+                f"| beta=0 (no classifier) | - | - | - | - | - | {_fmt(row['auc_mean'], 1)} |"
+            )
+            continue
         lines.append(
             f"| {_label(results, name)} | {_fmt(row['clean_error'], 1, 100)} | "
             f"{_fmt(row['corruption_error'], 1, 100)} | {_fmt(row['mce'], 1)} | "
@@ -988,6 +1030,8 @@ def _md_corruptions(results: dict) -> list[str]:
             lines.append(f"| {_label(results, name)} | {cells} |")
     lines += ["", "Error (%) per corruption, mean over severities:", "", header, rule]
     for name, row in summary.items():
+        if _beta_of(results, name) == 0:
+            continue
         cells = " | ".join(_fmt(row["error_per_type"][c], 1, 100) for c in CORRUPTIONS)
         lines.append(f"| {_label(results, name)} | {cells} |")
     lines += [
@@ -1071,7 +1115,9 @@ def _md_attacks(results: dict) -> list[str]:
         f"{', '.join(_label(results, n) for n in attacks['models'])} only; detection AUC "
         "against the "
         f"first {options['attack_clean']} clean test images.  Mean L2 over successful "
-        "adversarials (8-bit images, [0, 1] pixel units); AUC of the served attack p-value.",
+        "adversarials (8-bit images, [0, 1] pixel units).  AUC (%, clean vs successful "
+        "adversarials): the served attack p-value (two-sided class distance), the production "
+        "OoD p-value and the paper's two-sided typicality test; caught: share not accepted.",
         "",
     ]
     for name, row in attacks["models"].items():
@@ -1082,8 +1128,9 @@ def _md_attacks(results: dict) -> list[str]:
     lines += [
         "![Fig. 7 analog](fig7_attacks.png)",
         "",
-        "| model | kappa | d | success | mean L2 | AUC attack | AUC prod. OoD | caught |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | kappa | d | success | mean L2 | AUC attack | AUC prod. OoD | AUC paper test "
+        "| caught |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in done.items():
         for r in row["gc"]:
@@ -1091,7 +1138,7 @@ def _md_attacks(results: dict) -> list[str]:
                 f"| {_label(results, name)} | {r['kappa']} | {r['d']:g} | "
                 f"{_fmt(r['success_rate'], 0, 100)} % | {_fmt(r['mean_l2'], 3)} | "
                 f"{_fmt(r['auc_attack'], 1)} | {_fmt(r['auc_production_ood'], 1)} | "
-                f"{_fmt(r['caught_rate'], 0, 100)} % |"
+                f"{_fmt(r['auc_typicality'], 1)} | {_fmt(r['caught_rate'], 0, 100)} % |"
             )
     lines += [
         "",
@@ -1134,90 +1181,171 @@ def _listing(pairs, digits=1, scale=1.0) -> str:
     )
 
 
+def _verdict(rho: float | None, sign: int) -> str:
+    """Does a rank correlation with beta have the paper's direction (sign +1 or -1)?"""
+    if rho is None:
+        return "not measured"
+    if sign * rho >= 0.7:
+        return "**agrees**"
+    return "**partly agrees** (weak trend)" if sign * rho > 0 else "**differs**"
+
+
 def _md_findings(results: dict) -> list[str]:
     t2, corr = results["table2"], results["corruptions"]
     base = next((m["name"] for m in results["models"] if m["beta"] is None), None)
-    acc = _series(results, lambda n: t2[n]["accuracy"])
-    ece = _series(results, lambda n: t2[n]["ece_top1"])
-    ece_a = _series(results, lambda n: t2[n]["ece_authors"])
-    oce = _series(results, lambda n: t2[n]["oce"])
-    bpd = _series(results, lambda n: t2[n].get("bits_per_dim"))
+    flow = next((m["name"] for m in results["models"] if m["beta"] == 0), None)
 
     def ood_mean(name: str, method: str) -> float | None:
         values = [r[method] for r in results["ood"][name].values() if method in r]
         return float(np.mean(values)) if values else None
 
-    ood_prod = _series(results, lambda n: ood_mean(n, "production"))
-    ood_paper = _series(results, lambda n: ood_mean(n, "paper_two_sided"))
-    corr_auc = _series(results, lambda n: corr[n].get("auc_mean"))
-    mce = _series(results, lambda n: corr[n]["mce"])
-    rho = {
-        k: _spearman(v)
-        for k, v in {
-            "acc": acc,
-            "ece": ece,
-            "ece_a": ece_a,
-            "oce": oce,
-            "bpd": bpd,
-            "ood_prod": ood_prod,
-            "ood_paper": ood_paper,
-            "corr_auc": corr_auc,
-            "mce": mce,
-        }.items()
+    series = {
+        "acc": _series(results, lambda n: t2[n]["accuracy"]),
+        "bpd": _series(results, lambda n: t2[n].get("bits_per_dim")),
+        "ece": _series(results, lambda n: t2[n]["ece_top1"]),
+        "ece_a": _series(results, lambda n: t2[n]["ece_authors"]),
+        "ood_prod": _series(results, lambda n: ood_mean(n, "production")),
+        "ood_paper": _series(results, lambda n: ood_mean(n, "paper_two_sided")),
+        "corr_auc": _series(results, lambda n: corr[n].get("auc_mean")),
+        "mce": _series(results, lambda n: corr[n]["mce"]),
+        "entropy": _series(results, lambda n: corr[n]["entropy_increase"]),
     }
-    r = {k: _fmt(v, 2) for k, v in rho.items()}
+    rho = {key: _spearman(values) for key, values in series.items()}
+    r = {key: _fmt(value, 2) for key, value in rho.items()}
     lines = [
         "## 4. Comparison with the paper",
         "",
-        "Computed from the tables above (rho: Spearman rank correlation with beta over the "
-        "GCs with beta > 0; beta = 0 is a plain flow without a classifier).",
+        "Generated from the tables above.  rho: Spearman rank correlation with beta over the "
+        "GCs with beta > 0; a verdict **agrees** when the paper's direction holds with "
+        "|rho| >= 0.7.  The paper's numbers are ImageNet (ResNet-50 baseline); ours are "
+        f"{results['dataset']} with a small CNN baseline trained for the same time.",
         "",
-        f"1. **Accuracy rises with beta** (paper: 67.3 % at beta = 1 to 76.3 % at inf, ResNet "
-        f"77.4 %).  Ours, accuracy (%): {_listing(acc, 2, 100)}"
-        + (f"; baseline {_fmt(t2[base]['accuracy'], 2, 100)}" if base else "")
-        + f".  rho = {r['acc']}.  bits/dim get worse with beta: {_listing(bpd, 2)} "
-        f"(rho = {r['bpd']}).",
+        f"1. **Accuracy rises with beta; bits/dim get worse** (paper: 67.3 % at beta = 1 to "
+        f"76.3 % at inf, 1.1 points below ResNet-50; bits/dim 4.3 to 47).  Ours: accuracy "
+        f"{_listing(series['acc'], 2, 100)}"
+        + (f", baseline {_fmt(t2[base]['accuracy'], 2, 100)}" if base else "")
+        + f" (rho = {r['acc']}): {_verdict(rho['acc'], 1)}; bits/dim "
+        f"{_listing(series['bpd'], 2)} (rho = {r['bpd']}): {_verdict(rho['bpd'], 1)}.",
         f"2. **Calibration improves at low beta** (paper: OCE 3.9 at beta = 1 to 5.1 at inf, "
-        f"ResNet 6.8).  Ours, top-1 ECE: {_listing(ece, 4)} (rho = {r['ece']}); authors' ECE "
-        f"rho = {r['ece_a']}; OCE: {_listing(oce, 2)} (rho = {r['oce']})"
-        + (f"; baseline top-1 ECE {_fmt(t2[base]['ece_top1'], 4)}" if base else "")
-        + ".",
-        f"3. **OoD detection is best at low beta** (paper Table 3: corruption OoD AUC 67.9 at "
-        f"beta = 1 down to 44.2 at inf).  Ours, mean AUC over the OoD sets, production "
-        f"statistic: {_listing(ood_prod)} (rho = {r['ood_prod']}); paper's two-sided test: "
-        f"{_listing(ood_paper)} (rho = {r['ood_paper']}); mean AUC over the corruptions: "
-        f"{_listing(corr_auc)} (rho = {r['corr_auc']}).",
-        f"4. **Corruption robustness is no better than the baseline's** (paper: mCE 98.5 at "
-        f"beta = 1 falling to 83.4 at inf vs ResNet 78.2, rel. mCE 113-119 vs 109).  Ours, mCE "
-        f"relative to the baseline (100): {_listing(mce)} (rho = {r['mce']}); GCs below 100: "
-        f"{', '.join(_listing([p]) for p in mce if p[1] is not None and p[1] < 100) or 'none'}."
-        f"  Δ entropy, GC vs baseline: "
-        f"{_listing(_series(results, lambda n: corr[n]['entropy_increase']), 3)}"
-        + (f"; baseline {_fmt(corr[base]['entropy_increase'], 3)}" if base else "")
-        + " (paper: GCs 1.58-1.81 vs ResNet 1.51, i.e. GCs become more uncertain).",
+        f"ResNet 6.8).  Ours: top-1 ECE {_listing(series['ece'], 4)} (rho = {r['ece']}), "
+        f"authors' ECE rho = {r['ece_a']}: {_verdict(rho['ece'], 1)}.  OCE cannot rank our "
+        "GCs: "
+        + ", ".join(
+            f"{_label(results, n)} {t2[n]['n_confident_wrong']} wrong of {t2[n]['n_confident']}"
+            for n in t2
+            if n not in (flow,)
+        )
+        + " test predictions at >= 99.7 % confidence; the baseline's OCE of "
+        + (_fmt(t2[base]["oce"], 1) if base else "-")
+        + " against the GCs' <= "
+        + _fmt(max((t2[n]["oce"] or 0.0) for n in t2 if n not in (flow, base)), 1)
+        + " repeats the paper's ordering (GCs less overconfident than the DC).",
+        f"3. **OoD detection is best at low beta** (paper, Table 3: corruption OoD AUC 67.9 at "
+        f"beta = 1 down to 44.2 at inf, 77.5 for the plain flow).  Ours, mean AUC over the "
+        f"corruptions: {_listing(series['corr_auc'])} (rho = {r['corr_auc']}): "
+        f"{_verdict(rho['corr_auc'], -1)}; over the OoD sets with the paper's two-sided test: "
+        f"{_listing(series['ood_paper'])} (rho = {r['ood_paper']}): "
+        f"{_verdict(rho['ood_paper'], -1)}; with the production statistic: "
+        f"{_listing(series['ood_prod'])} (rho = {r['ood_prod']}), nearly flat until it drops "
+        "at beta = inf."
+        + (
+            f"  The plain flow (beta = 0) scores {_fmt(corr[flow].get('auc_mean'), 1)} on the "
+            "corruptions, "
+            + (
+                "the best, as in the paper."
+                if all((corr[flow].get("auc_mean") or 0) >= (v or 0) for _, v in series["corr_auc"])
+                else "below the best GC: **differs** from the paper, where it was best."
+            )
+            if flow
+            else ""
+        ),
+        f"4. **Corruption robustness is no better than the discriminative baseline's** (paper: "
+        "mCE 98.5 at beta = 1 falling to 83.4 at inf, ResNet-50 78.2, all normalised by "
+        "AlexNet; rel. mCE 113-119 vs 109).  Ours, mCE normalised by our baseline (= 100): "
+        f"{_listing(series['mce'])} (rho = {r['mce']}).  The fall with beta "
+        f"{_verdict(rho['mce'], -1)}; "
+        + _robustness_verdict(series["mce"])
+        + f"  Entropy increase on corrupted images: {_listing(series['entropy'], 3)}"
+        + (f", baseline {_fmt(corr[base]['entropy_increase'], 3)}" if base else "")
+        + " (paper: GCs 1.58-1.81 vs ResNet 1.51): "
+        + (
+            "**agrees**, every GC becomes more uncertain than the baseline."
+            if base
+            and all(
+                v is not None and v > corr[base]["entropy_increase"] for _, v in series["entropy"]
+            )
+            else "**differs** for some betas."
+        ),
+        _attack_finding(results),
     ]
-    lines.append(_attack_finding(results))
     return lines
+
+
+def _robustness_verdict(mce: list[tuple[float, Any]]) -> str:
+    better = [p for p in mce if p[1] is not None and p[1] < 100]
+    if not better:
+        return "no GC beats the baseline: **agrees**."
+    return (
+        f"but the GCs with beta in {{{', '.join(_listing([p]).split(':')[0] for p in better)}}} "
+        "have a *lower* corruption error than our CNN baseline: **differs**.  Our baseline is "
+        "a small CNN trained in the same 6.5 min GPU budget, not a ResNet-50, and our "
+        "corruptions act on 28x28 grey images, so this is a statement about this pair of "
+        "models."
+    )
 
 
 def _attack_finding(results: dict) -> str:
     attacks = results["attacks"]
     text = (
-        "5. **The GC needs larger perturbations and detects attacks** (paper: about 2x the "
-        "ResNet's L2; detection partly survives d = 1000).  Ours: "
+        "5. **The GC needs larger perturbations, and detects attacks** (paper: about 2x the "
+        "ResNet's L2; detection partly survives d = 1000).  "
     )
     done = {n: r for n, r in attacks.get("models", {}).items() if "gc" in r}
     if not done:
-        return text + f"not measured ({attacks.get('skipped', 'no attack succeeded')})."
-    parts = []
-    for name, row in done.items():
-        ratios = ", ".join(
-            f"kappa {b['kappa']}: {_fmt(b.get('l2_ratio_gc_over_dc'), 2)}" for b in row["baseline"]
-        )
-        auc = {(g["kappa"], g["d"]): g["auc_attack"] for g in row["gc"]}
-        parts.append(
-            f"{_label(results, name)}: L2 ratio GC/baseline {ratios}; detection AUC at "
-            f"kappa 0.01 for d = 0 / 66 / 1000: {_fmt(auc.get(('0.01', 0.0)), 1)} / "
-            f"{_fmt(auc.get(('0.01', 66.0)), 1)} / {_fmt(auc.get(('0.01', 1000.0)), 1)}"
-        )
-    return text + "; ".join(parts) + "."
+        return text + f"Not measured ({attacks.get('skipped', 'no attack succeeded')})."
+    ratios = [
+        b["l2_ratio_gc_over_dc"]
+        for row in done.values()
+        for b in row["baseline"]
+        if b.get("l2_ratio_gc_over_dc") is not None
+    ]
+    base_success = [b["success_rate"] for row in done.values() for b in row["baseline"]]
+
+    def auc_range(key: str, kappas: tuple[str, ...], ds: tuple[float, ...]) -> str:
+        values = [
+            g[key]
+            for row in done.values()
+            for g in row["gc"]
+            if g["kappa"] in kappas and g["d"] in ds and g[key] is not None
+        ]
+        return f"{min(values):.0f}-{max(values):.0f}" if values else "-"
+
+    z2 = [
+        g["class_distance_z2"]
+        for row in done.values()
+        for g in row["gc"]
+        if g["d"] > 0 and g["class_distance_z2"] is not None
+    ]
+    every_d = (0.0, 66.0, 1000.0)
+    prod_low = auc_range("auc_production_ood", ("0.01", "1"), every_d)
+    prod_inf = auc_range("auc_production_ood", ("inf",), every_d)
+    text += (
+        f"Ours: GC/baseline mean-L2 ratio on jointly fooled images "
+        f"{min(ratios, default=math.nan):.2f}-{max(ratios, default=math.nan):.2f} "
+        f"(per beta and kappa in the table above): "
+        + ("**agrees**." if ratios and min(ratios) >= 1.5 else "**differs**, no 2x margin.")
+        + f"  The served attack test (two-sided class distance) has AUC "
+        f"{auc_range('auc_attack', ('0.01', '1'), (0.0,))} % for standard attacks with kappa "
+        f"<= 1 and {auc_range('auc_attack', ('inf',), (0.0,))} % at kappa = inf, and "
+        f"{auc_range('auc_attack', ('0.01', '1', 'inf'), (66.0, 1000.0))} % against the "
+        "detection-aware attacks (d = 66, 1000): these push the class distance into the middle "
+        "of its clean range (mean squared z-score "
+        f"{min(z2, default=math.nan):.2f}-{max(z2, default=math.nan):.2f}, clean images about "
+        "1), i.e. *more* typical than clean images, which a two-sided p-value cannot flag "
+        f"(AUC < 50 %).  The production OoD p-value has AUC {prod_low} % for kappa <= 1 "
+        "(d = 0, 66 and 1000: it also sees the low posterior of a near-boundary adversarial) "
+        f"and {prod_inf} % at kappa = inf.  Budget caveat: the baseline attack succeeded on only "
+        f"{min(base_success, default=0) * 100:.0f}-{max(base_success, default=0) * 100:.0f} % of "
+        "the images within the reduced budget, so the ratios rest on few pairs."
+    )
+    return text

@@ -409,6 +409,30 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_attack(commands) -> None:
+    parser = commands.add_parser("attack", help="Carlini-Wagner attacks and their detection")
+    parser.add_argument("--model", type=Path, required=True, help="calibrated GC artifact")
+    parser.add_argument("--baseline", type=Path, required=True, help="CNN baseline artifact")
+    parser.add_argument("--n", type=int, default=50, help="images attacked per setting")
+    parser.add_argument("--steps", type=int, default=100, help="Adam steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="binary-search rounds over c")
+    parser.add_argument("--c0", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("docs/attacks.md"))
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.set_defaults(run=_run_attack)
+
+
+def _run_attack(args: argparse.Namespace) -> int:
+    from training.attack_eval import run
+
+    run(args, "trustgc " + " ".join(sys.argv[1:]))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trustgc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -416,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_calibrate(commands)
     _add_ood(commands)
+    _add_attack(commands)
     _add_archive(commands)
     _add_export_onnx(commands)
     _add_server(commands)

@@ -12,10 +12,12 @@ TorchServe (production config, token auth on) on free non-default ports in its o
 directory, and always stops it.
 
 For each protocol (REST, gRPC), batching setting and concurrency (1, 8, 32 client threads, each
-sending one request at a time, back to back), GC and baseline run one after the other over the
-same real Fashion-MNIST test images (PNG bytes): a warm-up, then a bounded measurement.  Reports
-throughput, latency percentiles, errors, the client's own CPU use (it shares the machine) and
-the ratio GC / baseline throughput.  Writes JSON and a markdown table.
+sending one request at a time, back to back), GC and baseline run over the same real
+Fashion-MNIST test images (PNG bytes): a warm-up each, then a bounded measurement split into
+segments that alternate GC and baseline (ABBA), so that load from other jobs hits both alike.
+Reports throughput, latency percentiles, errors, the client's own CPU use (it shares the
+machine), the CPU other jobs used meanwhile, and the ratio GC / baseline throughput.  Writes JSON
+and a markdown table.
 """
 
 from __future__ import annotations
@@ -114,25 +116,27 @@ def ratio(gc: float, baseline: float) -> float:
 def render(result: dict) -> str:
     """Markdown: one row per protocol, batching and concurrency, GC and baseline side by side."""
     lines = [
-        f"Machine: {result['machine']}; {result['duration']:g} s per cell after "
+        f"Machine: {result['machine']}; per cell and model {result['duration']:g} s measured "
+        f"in {result.get('segments', 1)} segments alternating GC and baseline (ABBA), after "
         f"{result['warmup']:g} s warm-up; {result['workers']}; load average (1 min) "
         f"{result['load_before']:.2f} before, {result['load_after']:.2f} after.",
         "",
         "| protocol | batching | concurrency | GC req/s | GC p50 / p95 / p99 ms | "
         "baseline req/s | baseline p50 / p95 / p99 ms | errors GC / baseline | client CPU | "
-        "GC / baseline |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "other CPU | GC / baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in result["cells"]:
         gc, base = cell["gc"], cell["baseline"]
         batching = "off (1)" if cell["batch_size"] == 1 else f"on ({cell['batch_size']})"
         client = max(gc["client_cpu"], base["client_cpu"])
+        other = max(gc.get("other_cpu", float("nan")), base.get("other_cpu", float("nan")))
         lines.append(
             f"| {cell['protocol']} | {batching} | {cell['concurrency']} | "
             f"{gc['throughput']:.1f} | {gc['p50_ms']:.1f} / {gc['p95_ms']:.1f} / "
             f"{gc['p99_ms']:.1f} | {base['throughput']:.1f} | {base['p50_ms']:.1f} / "
             f"{base['p95_ms']:.1f} / {base['p99_ms']:.1f} | {gc['errors']} / {base['errors']} | "
-            f"{client:.2f} | **{cell['ratio']:.2f}x** |"
+            f"{client:.2f} | {other:.2f} | **{cell['ratio']:.2f}x** |"
         )
     ratios = [c["ratio"] for c in result["cells"] if np.isfinite(c["ratio"])]
     if ratios:
@@ -141,7 +145,9 @@ def render(result: dict) -> str:
             "",
             f"GC / baseline throughput: {min(ratios):.2f}x to {max(ratios):.2f}x; target >= "
             f"{THROUGHPUT_TARGET:.1f}x met in {met} of {len(ratios)} cells. Client CPU: cores "
-            "used by this load generator (same machine), the higher of the two runs.",
+            "used by this load generator (same machine); other CPU: cores used by everything "
+            "else on the machine (other jobs) while the cell ran; both the higher of the GC and "
+            "baseline runs.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -284,6 +290,129 @@ def drive(
     return result, elapsed, (time.process_time() - cpu_before) / elapsed
 
 
+ROLES = ("gc", "baseline")
+
+
+def segment_order(segments: int) -> list[str]:
+    """Which model runs in each slot: ABBA order (gc, baseline, baseline, gc, ...), so a drift
+    in the machine's load during the cell hits both alike."""
+    order: list[str] = []
+    for index in range(segments):
+        order += list(ROLES) if index % 2 == 0 else list(reversed(ROLES))
+    return order
+
+
+def measure_cell(
+    senders: dict[str, Callable[[bytes], tuple[bool, bytes]]],
+    images: list[bytes],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    segments: int,
+    server_pids: Callable[[], list[int]],
+) -> dict:
+    """GC and baseline at one concurrency: ``duration`` s each, in alternating segments.
+
+    Returns per role the summary (see :func:`summarize`) plus the client's CPU (cores), the
+    CPU used by everything else on the machine during its segments (cores: other jobs, not
+    this benchmark's server or client) and the answer check; and the throughput ratio.
+    """
+    try:
+        for role in ROLES:
+            if warmup > 0:
+                drive(senders[role], images, concurrency, warmup)
+        parts: dict[str, dict] = {
+            role: {"latencies": [], "errors": 0, "elapsed": 0.0, "client": 0.0, "other": 0.0}
+            for role in ROLES
+        }
+        first: dict[str, bytes | None] = {role: None for role in ROLES}
+        samples: dict[str, str | None] = {role: None for role in ROLES}
+        for role in segment_order(segments):
+            meter = CpuMeter(server_pids())
+            outcome, elapsed, client_cpu = drive(
+                senders[role], images, concurrency, duration / segments
+            )
+            other = meter.other_cores()
+            part = parts[role]
+            part["latencies"] += outcome.latencies_ms
+            part["errors"] += outcome.errors
+            part["elapsed"] += elapsed
+            part["client"] += client_cpu * elapsed
+            part["other"] += other * elapsed
+            first[role] = first[role] or outcome.first_answer
+            samples[role] = samples[role] or outcome.error_sample
+    finally:
+        for sender in senders.values():
+            sender.close()
+    cell: dict = {}
+    for role, part in parts.items():
+        summary = summarize(part["latencies"], part["errors"], part["elapsed"])
+        summary["client_cpu"] = part["client"] / part["elapsed"]
+        summary["other_cpu"] = part["other"] / part["elapsed"]
+        summary["load_1min"] = load_average()
+        summary["check"] = check_answer(first[role], role)
+        if samples[role]:
+            summary["error_sample"] = samples[role]
+        cell[role] = summary
+    cell["ratio"] = ratio(cell["gc"]["throughput"], cell["baseline"]["throughput"])
+    return cell
+
+
+# ------------------------------------------------------------------- CPU accounting (Linux)
+
+
+def busy_ticks() -> int:
+    """Busy clock ticks of all CPUs since boot (/proc/stat: everything but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def process_ticks(pid: int) -> int | None:
+    """utime + stime of one process (all its threads), None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def frontend_tree(pid: int | None) -> list[int]:
+    """TorchServe's java frontend and its children (the Python workers)."""
+    if pid is None:
+        return []
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == pid:
+                children.append(int(entry.name))
+    return [pid, *children]
+
+
+class CpuMeter:
+    """CPU used by processes other than ``pids`` and this one, from now until ``other_cores``."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = [*pids, os.getpid()]
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.started = time.perf_counter()
+        self.busy = busy_ticks()
+        self.own = {pid: process_ticks(pid) for pid in self.pids}
+
+    def other_cores(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        own = 0
+        for pid, before in self.own.items():
+            after = process_ticks(pid)
+            if before is not None and after is not None:
+                own += after - before
+        other = (busy_ticks() - self.busy - own) / self.hz
+        return max(0.0, other / elapsed) if elapsed > 0 else float("nan")
+
+
 def check_answer(body: bytes | None, role: str) -> str:
     """Validate one answer against the response schema; the baseline's trust fields are neutral."""
     from serving.schema import ClassificationResponse
@@ -389,36 +518,27 @@ def run(args: argparse.Namespace) -> dict:
                 f"{settings.host}:{settings.ports['grpc_inference']}", model, token
             ),
         }
-        checks = {}
+        checks: dict[str, str] = {}
         for protocol in args.protocols:
             for batch_size in args.batch_sizes:
                 for concurrency in args.concurrency:
+                    cell = measure_cell(
+                        {role: senders[protocol](model_name(role, batch_size)) for role in ROLES},
+                        images,
+                        concurrency,
+                        args.duration,
+                        args.warmup,
+                        args.segments,
+                        lambda: frontend_tree(server.frontend_pid()),
+                    )
+                    for role in ROLES:
+                        checks.setdefault(f"{protocol} {role}", cell[role].pop("check"))
                     cell = {
                         "protocol": protocol,
                         "batch_size": batch_size,
                         "concurrency": concurrency,
+                        **cell,
                     }
-                    for role in ("gc", "baseline"):
-                        name = model_name(role, batch_size)
-                        send = senders[protocol](name)
-                        try:
-                            if args.warmup > 0:
-                                drive(send, images, concurrency, args.warmup)
-                            outcome, elapsed, client_cpu = drive(
-                                send, images, concurrency, args.duration
-                            )
-                        finally:
-                            send.close()
-                        summary = summarize(outcome.latencies_ms, outcome.errors, elapsed)
-                        summary["client_cpu"] = client_cpu
-                        summary["load_1min"] = load_average()
-                        if outcome.error_sample:
-                            summary["error_sample"] = outcome.error_sample
-                        checks.setdefault(
-                            f"{protocol} {role}", check_answer(outcome.first_answer, role)
-                        )
-                        cell[role] = summary
-                    cell["ratio"] = ratio(cell["gc"]["throughput"], cell["baseline"]["throughput"])
                     cells.append(cell)
                     print(json.dumps(cell), flush=True)
     finally:
@@ -431,6 +551,7 @@ def run(args: argparse.Namespace) -> dict:
         "images": source,
         "duration": args.duration,
         "warmup": args.warmup,
+        "segments": args.segments,
         "workers": "production model config: 2 workers x 1 torch thread, maxBatchDelay "
         f"{args.max_batch_delay} ms",
         "load_before": load_before,
@@ -445,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per cell")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per cell")
+    parser.add_argument(
+        "--segments", type=int, default=3, help="alternating GC/baseline segments per cell"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
         "--protocols", nargs="+", default=["REST", "gRPC"], choices=["REST", "gRPC"]
@@ -459,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 s cells")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.images = 1.0, 0.3, 64
+        args.duration, args.warmup, args.images, args.segments = 1.0, 0.3, 64, 1
 
     def _terminate(signum, frame):  # noqa: ARG001 - turn SIGTERM into an exception: finally runs
         raise KeyboardInterrupt

@@ -161,3 +161,43 @@ def test_answer_check_tells_neutral_from_real_trust_fields(serve_load) -> None:
     assert serve_load.check_answer(response("combined_ood", 0.3), "gc") == "ok"
     assert serve_load.check_answer(response("none", 1.0), "gc") != "ok"
     assert serve_load.check_answer(None, "gc") != "ok"
+
+
+def test_segment_order_is_abba(serve_load) -> None:
+    assert serve_load.segment_order(1) == ["gc", "baseline"]
+    assert serve_load.segment_order(3) == ["gc", "baseline", "baseline", "gc", "gc", "baseline"]
+
+
+def test_cpu_accounting_reads_proc(serve_load) -> None:
+    import os
+
+    assert serve_load.busy_ticks() > 0
+    assert serve_load.process_ticks(os.getpid()) >= 0
+    assert serve_load.process_ticks(2**22 + 12345) is None  # no such process
+    assert serve_load.frontend_tree(None) == []
+    assert os.getpid() in serve_load.frontend_tree(os.getppid())
+    meter = serve_load.CpuMeter([])
+    assert meter.other_cores() >= 0.0
+
+
+def test_measure_cell_combines_segments_and_closes_senders(serve_load, monkeypatch) -> None:
+    monkeypatch.setattr(serve_load, "check_answer", lambda body, role: f"checked {role}")
+
+    class Sender:
+        def __init__(self) -> None:
+            self.closed = False
+
+        def __call__(self, image: bytes):
+            return True, b"answer"
+
+        def close(self) -> None:
+            self.closed = True
+
+    senders = {"gc": Sender(), "baseline": Sender()}
+    cell = serve_load.measure_cell(senders, [b"x"], 2, 0.04, 0.0, 2, lambda: [])
+    assert set(cell) == {"gc", "baseline", "ratio"}
+    for role in ("gc", "baseline"):
+        assert cell[role]["requests"] > 0 and cell[role]["errors"] == 0
+        assert cell[role]["check"] == f"checked {role}"
+        assert cell[role]["other_cpu"] >= 0.0 and senders[role].closed
+    assert cell["ratio"] > 0

@@ -229,3 +229,116 @@ def test_conservative_off_grid_and_with_ties(side: str) -> None:
     level = 0.05 if side != "two_sided" else 0.04  # two-sided: 2 * floor(0.02745 * 100) / 100
     sd = math.sqrt(level * (1 - level) * (1 / (n + 2) + 1 / m) / 60)
     assert abs(continuous.sum() / (m * 60) - level) < 4 * sd
+
+
+# ------------------------------------------------------------------------------ linear envelope
+
+
+def _linear(reference, side: str, tail_extrapolation: bool = False) -> EmpiricalReference:
+    return EmpiricalReference(
+        np.asarray(reference, dtype=np.float64),
+        side,
+        tail_extrapolation=tail_extrapolation,
+        interpolation="linear",
+    )
+
+
+@pytest.mark.parametrize(
+    ("score", "upper", "lower"),
+    [
+        # reference 1, 2, 3, 4 (n = 4): the knots carry the step p-value at each value ...
+        (1.0, 5 / 5, 2 / 5),
+        (2.0, 4 / 5, 3 / 5),
+        (4.0, 2 / 5, 5 / 5),
+        # ... in between the line joins them (2.5: halfway between 4/5 and 3/5) ...
+        (2.5, 3.5 / 5, 3.5 / 5),
+        (3.25, 2.75 / 5, 4.25 / 5),
+        # ... and outside it holds the outermost knot's value
+        (-3.0, 5 / 5, 2 / 5),
+        (10.0, 2 / 5, 5 / 5),
+    ],
+)
+def test_linear_hand_case(score: float, upper: float, lower: float) -> None:
+    ref = _linear([3.0, 1.0, 4.0, 2.0], "upper")
+    np.testing.assert_allclose(ref.p_upper(np.asarray([score])), [upper], atol=1e-15)
+    np.testing.assert_allclose(ref.p_lower(np.asarray([score])), [lower], atol=1e-15)
+    two = _linear([3.0, 1.0, 4.0, 2.0], "two_sided").p_value(np.asarray([score]))
+    np.testing.assert_allclose(two, [min(1.0, 2 * min(upper, lower))], atol=1e-15)
+
+
+def test_linear_is_the_smallest_continuous_bound_above_the_step() -> None:
+    """Never below the step p-value (so exactly as valid), equal to it at every reference
+    value, and above it by at most (size of the tie block) / (n + 1) in between."""
+    rng = np.random.default_rng(11)
+    reference = np.concatenate([rng.normal(size=300), np.full(4, 0.5)])  # one tie block of 5
+    grid = np.sort(np.concatenate([np.linspace(-5, 5, 20_001), reference]))
+    n = reference.size
+    for side in ("upper", "lower"):
+        step = EmpiricalReference(reference, side).p_value(grid)
+        linear = _linear(reference, side).p_value(grid)
+        assert np.all(linear >= step - 1e-15)
+        at_reference = np.isin(grid, reference)
+        np.testing.assert_allclose(linear[at_reference], step[at_reference], atol=1e-15)
+        ties = np.abs(grid - 0.5) < 0.05  # the intervals next to the tie block
+        assert np.max(linear[~ties] - step[~ties]) <= 1 / (n + 1) + 1e-12
+        assert np.max(linear - step) <= 5 / (n + 1) + 1e-12
+
+
+@pytest.mark.parametrize("tail_extrapolation", [False, True])
+@pytest.mark.parametrize("side", SIDES)
+def test_linear_is_continuous(side: str, tail_extrapolation: bool) -> None:
+    """Lipschitz: a score moving by h moves p by at most h / (smallest reference gap) / (n + 1)
+    (times 2 for the two-sided test); the step version jumps by 1 / (n + 1)."""
+    rng = np.random.default_rng(12)
+    reference = rng.normal(size=400)
+    ref = _linear(reference, side, tail_extrapolation)
+    grid = np.linspace(-8, 8, 400_001)
+    h = grid[1] - grid[0]
+    gaps = np.diff(np.sort(reference))
+    bound = 2 * h / gaps.min() / (reference.size + 1) + 1e-12
+    assert np.max(np.abs(np.diff(ref.p_value(grid)))) <= bound
+    step_jumps = np.abs(np.diff(EmpiricalReference(reference, side).p_value(grid)))
+    assert step_jumps.max() >= 1 / (reference.size + 1) - 1e-12
+
+
+def test_linear_tails_decay_from_the_outermost_knot() -> None:
+    reference = np.arange(1.0, 101.0)  # tail scale: the mean excess of the top 50 = 24.5
+    ref = _linear(reference, "upper", tail_extrapolation=True)
+    np.testing.assert_allclose(ref.p_upper(np.asarray([100.0])), [2 / 101], atol=1e-15)
+    np.testing.assert_allclose(
+        ref.p_upper(np.asarray([100.0 + 24.5])), [2 / 101 * math.exp(-1)], rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        ref.p_lower(np.asarray([1.0 - 49.0])), [2 / 101 * math.exp(-2)], rtol=1e-12
+    )
+    assert ref.p_value(np.asarray([np.inf]))[0] > 0  # floored, so -log p stays finite
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("interpolation", ["step", "linear"])
+def test_exact_level_over_the_rank_slots(side: str, interpolation: str) -> None:
+    """Ground truth without sampling noise: a continuous score exchangeable with n reference
+    values falls into each of the n + 1 gaps between them (below the minimum and above the
+    maximum included) with probability 1 / (n + 1).  One score per gap therefore gives the exact
+    rejection probability: k / (n + 1) for the step p-value at alpha = k / (n + 1), one grid step
+    less, (k - 1) / (n + 1), for the linear envelope (two-sided: per tail, floor(k / 2) steps
+    and one less)."""
+    rng = np.random.default_rng(13)
+    n = 999
+    reference = np.sort(rng.normal(size=n))
+    slots = np.concatenate([[reference[0] - 1], (reference[1:] + reference[:-1]) / 2])
+    slots = np.concatenate([slots, [reference[-1] + 1]])
+    ref = EmpiricalReference(reference, side, interpolation=interpolation)
+    p = ref.p_value(slots)
+    for k in (1, 10, 50, 100, 500):
+        per_tail = k if side != "two_sided" else 2 * (k // 2)
+        expected = (
+            per_tail if interpolation == "step" else per_tail - (1 if side != "two_sided" else 2)
+        )
+        rejected = int(np.sum(p <= k / (n + 1) + 1e-12))
+        assert rejected == max(expected, 0), (k, rejected, expected)
+
+
+def test_interpolation_must_be_known() -> None:
+    with pytest.raises(ValueError, match="interpolation must be"):
+        EmpiricalReference(np.asarray([1.0, 2.0]), "upper", interpolation="cubic")

@@ -17,12 +17,14 @@ from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.calibration import (
     ATTACK_STATISTIC,
+    DEFAULT_INTERPOLATION,
     OOD_COMPONENTS,
     PAPER_STATISTIC,
     Calibration,
     fit_calibration,
     save_calibration,
 )
+from trustgc.trust.pvalues import Interpolation
 from trustgc.trust.statistics import compute_statistics
 
 __all__ = ["calibration_split", "calibrate_artifact", "dataset_statistics"]
@@ -54,6 +56,7 @@ def calibrate_artifact(
     device: str = "cpu",
     seed: int = 0,
     component_fraction: float = 0.2,
+    interpolation: Interpolation = DEFAULT_INTERPOLATION,
 ) -> Calibration:
     """Fit and store ``calibration.json`` in ``model_dir``; returns the calibration.
 
@@ -76,6 +79,8 @@ def calibrate_artifact(
         "part_b": len(order) - half,
         "split_seed": seed,
     }
-    calibration = fit_calibration(statistics_a, statistics_b, ood_alpha, attack_alpha, split)
+    calibration = fit_calibration(
+        statistics_a, statistics_b, ood_alpha, attack_alpha, split, interpolation
+    )
     save_calibration(model_dir, calibration)
     return calibration

@@ -104,6 +104,12 @@ def _add_calibrate(commands) -> None:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--ood-alpha", type=float, default=0.01)
     parser.add_argument("--attack-alpha", type=float, default=0.01)
+    parser.add_argument(
+        "--interpolation",
+        choices=("step", "linear"),
+        default="step",
+        help="p-values: exact conservative steps, or the continuous linear envelope above them",
+    )
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(run=_run_calibrate)
 
@@ -112,7 +118,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from training.calibrate import calibrate_artifact
 
     calibration = calibrate_artifact(
-        args.model, args.data_dir, args.ood_alpha, args.attack_alpha, args.device
+        args.model,
+        args.data_dir,
+        args.ood_alpha,
+        args.attack_alpha,
+        args.device,
+        interpolation=args.interpolation,
     )
     print(f"wrote {args.model / 'calibration.json'}: {calibration.split}")
     return 0

@@ -333,10 +333,12 @@ def test_shipped_classes_and_decisions_are_identical(shipped_results) -> None:
 
 @shipped
 def test_shipped_p_values(shipped_results) -> None:
-    """p-values are empirical: steps of 1/(n+1) of the calibration references.  A statistic
-    within float32 noise of a reference score may move one or two steps; torch alone does the
-    same when only the batch size changes (measured: 30 of 1,000 images, max 7.5e-4), so the
-    test asks for 1e-6 on at least 95% of the images and a few steps (1e-3) on the rest."""
+    """p-values are the exact conservative ones, steps of 1/(n+1) of the calibration
+    references, computed from latents scored in float64.  A statistic within float32 noise of
+    a reference score may still move a step: torch alone does that when only the batch size
+    changes (measured: 4 of 1,000 images), ONNX Runtime against torch on 3 of 1,000 (max 4e-4,
+    two steps of the two-sided attack test).  So: identical (1e-6) on at least 99% of the
+    images, at most a few steps (1e-3) on the rest."""
     torch_results, onnx_results = shipped_results
     worst = []
     for a, b in zip(torch_results, onnx_results, strict=True):
@@ -346,7 +348,7 @@ def test_shipped_p_values(shipped_results) -> None:
         ]
         worst.append(max(diffs))
     worst = np.asarray(worst)
-    assert np.mean(worst <= 1e-6) >= 0.95, np.sort(worst)[-40:]
+    assert np.mean(worst <= 1e-6) >= 0.99, np.sort(worst)[-40:]
     assert worst.max() <= 1e-3
 
 

@@ -23,11 +23,12 @@ from training.data import make_synthetic
 from trustgc.artifact import ModelManifest, save_model
 from trustgc.config import load_model_config
 from trustgc.ibinn import IBINN
-from trustgc.inference import ModelOutputs
+from trustgc.inference import ModelOutputs, score_batch
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
 from trustgc.trust.calibration import (
     ATTACK_STATISTIC,
     CALIBRATION_FILE,
+    DEFAULT_INTERPOLATION,
     OOD_COMPONENTS,
     PAPER_STATISTIC,
     PRODUCTION_OOD_STATISTIC,
@@ -109,14 +110,8 @@ def _mixture_outputs(net: IBINN, count: int, seed: int, temperature: float = 1.0
             chosen = labels == k
             if chosen.any():
                 images[chosen] = net.sample(k, int(chosen.sum()), temperature)
-        scores = net.score(images)
-    return ModelOutputs(
-        log_posterior=scores.log_posterior.double().numpy(),
-        log_likelihood=scores.log_likelihood.double().numpy(),
-        class_log_likelihood=scores.class_log_likelihood.double().numpy(),
-        squared_distances=scores.squared_distances.double().numpy(),
-        dim=net.dim,
-    )
+        scores = score_batch(net, images)  # the serving path: float64 head
+    return ModelOutputs(**{key: value.numpy() for key, value in scores.items()}, dim=net.dim)
 
 
 def _pixel_free_statistics(outputs: ModelOutputs) -> dict[str, np.ndarray]:
@@ -163,14 +158,26 @@ def test_samples_are_continuous_and_statistics_finite(mixture_statistics) -> Non
     reference, fresh = mixture_statistics
     for statistics in (reference, fresh):
         for name, values in statistics.items():
-            assert np.all(np.isfinite(values))
-            if name != "max_posterior":  # float32 log-softmax: ties near 0 for sure predictions
-                assert np.unique(values).size > 0.99 * values.size  # continuous: no ties
+            assert np.all(np.isfinite(values)), name
+            assert np.unique(values).size > 0.99 * values.size, name  # continuous: no ties
         assert np.all(statistics["max_posterior"] >= 0.0)
     # class_distance of N(mu_y, I) draws in D = 64 dims is chi^2_64 / 64 (up to the few
     # samples whose argmax class is not the one drawn): mean 1, sd sqrt(2 / 64)
     assert abs(np.median(fresh["class_distance"]) - 1.0) < 0.05
     assert abs(np.std(fresh["class_distance"]) - math.sqrt(2 / 64)) < 0.03
+
+
+def test_max_posterior_keeps_the_digits_of_confident_posteriors() -> None:
+    """-log q(top|x) = -log1p(-sum of the others): exact to float64 precision even where
+    q(top|x) = 1 - 1e-13 rounds to 1 in -log(q(top|x)) computed directly."""
+    logits = np.asarray([[0.0, -30.0, -35.0], [-40.0, 0.0, -31.0], [0.0, -0.5, -3.0]])
+    log_posterior = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    outputs = ModelOutputs(log_posterior, None, None, None, dim=4)
+    value = STATISTICS["max_posterior"](outputs, None)
+    others = np.exp(-30.0) + np.exp(-35.0)
+    np.testing.assert_allclose(value[0], others, rtol=1e-9)  # log1p(x) = x to 1e-13 here
+    np.testing.assert_allclose(value[1], np.exp(-31.0) + np.exp(-40.0), rtol=1e-9)
+    np.testing.assert_allclose(value[2], -log_posterior[2, 0], rtol=1e-12)  # not confident
 
 
 @pytest.mark.parametrize("statistic", PIXEL_FREE)
@@ -238,6 +245,29 @@ def test_fit_calibration_structure(fitted) -> None:
     np.testing.assert_allclose(calibration.combined.sorted_scores, np.sort(t), rtol=1e-12)
     assert calibration.combined.side == "upper" and calibration.combined.summary["n"] == 1200
     assert calibration.split == {"part_a": 400}
+
+
+def test_interpolation_is_stored_and_used(fitted, fresh_synthetic) -> None:
+    """Every reference says how its p-values are read; "linear" reaches the lookups (p-values
+    never below the step ones, and different somewhere), and a file written before the field
+    existed is read as "step", the way it was calibrated."""
+    calibration, a, b = fitted
+    everything = [
+        *calibration.components.values(),
+        *calibration.combination_components.values(),
+        calibration.combined,
+    ]
+    assert {reference.interpolation for reference in everything} == {DEFAULT_INTERPOLATION}
+    linear = fit_calibration(a, b, 0.05, 0.05, interpolation="linear")
+    _, statistics = fresh_synthetic
+    for name, reference in linear.components.items():
+        assert reference.interpolation == "linear"
+        p_linear = reference.reference().p_value(statistics[name])
+        p_step = calibration.components[name].reference().p_value(statistics[name])
+        assert np.all(p_linear >= p_step - 1e-15) and np.any(p_linear > p_step), name
+    legacy = calibration.combined.model_dump()
+    del legacy["interpolation"]
+    assert ReferenceDistribution.model_validate(legacy).interpolation == "step"
 
 
 def test_predictor_p_values_formula(fitted, fresh_synthetic, predictor) -> None:

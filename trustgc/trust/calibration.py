@@ -22,11 +22,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from trustgc.artifact import read_json, write_json
-from trustgc.trust.pvalues import EmpiricalReference, Side
+from trustgc.trust.pvalues import EmpiricalReference, Interpolation, Side
 
 __all__ = [
     "ATTACK_STATISTIC",
     "CALIBRATION_FILE",
+    "DEFAULT_INTERPOLATION",
     "OOD_COMPONENTS",
     "PAPER_STATISTIC",
     "PRODUCTION_OOD_STATISTIC",
@@ -53,6 +54,11 @@ PAPER_STATISTIC = "typicality"
 OOD_COMPONENTS = ("complexity_corrected", "typicality", "max_posterior")
 PRODUCTION_OOD_STATISTIC = "combined_ood"
 ATTACK_STATISTIC = "class_distance"
+#: How calibrations read p-values off their references (see trustgc.trust.pvalues).  "step",
+#: the exact conservative p-value: measured against ONNX Runtime on 1,000 test images, 997 get
+#: bit-identical p-values and 3 differ by one or two steps of 1 / (n + 1).  "linear" is
+#: continuous: every image differs a little (756 of 1,000 within 1e-6, all within 4e-5).
+DEFAULT_INTERPOLATION: Interpolation = "step"
 
 
 class ReferenceDistribution(BaseModel):
@@ -64,9 +70,16 @@ class ReferenceDistribution(BaseModel):
     side: Side
     sorted_scores: list[float]
     summary: dict[str, float]
+    interpolation: Interpolation = "step"
 
     @classmethod
-    def fit(cls, statistic: str, side: Side, scores: np.ndarray) -> ReferenceDistribution:
+    def fit(
+        cls,
+        statistic: str,
+        side: Side,
+        scores: np.ndarray,
+        interpolation: Interpolation = DEFAULT_INTERPOLATION,
+    ) -> ReferenceDistribution:
         scores = np.sort(np.asarray(scores, dtype=np.float64))
         quantiles = {
             f"q{q:g}": float(np.quantile(scores, q))
@@ -78,10 +91,21 @@ class ReferenceDistribution(BaseModel):
             "std": float(scores.std()),
             **quantiles,
         }
-        return cls(statistic=statistic, side=side, sorted_scores=scores.tolist(), summary=summary)
+        return cls(
+            statistic=statistic,
+            side=side,
+            sorted_scores=scores.tolist(),
+            summary=summary,
+            interpolation=interpolation,
+        )
 
     def reference(self, tail_extrapolation: bool = False) -> EmpiricalReference:
-        return EmpiricalReference(np.asarray(self.sorted_scores), self.side, tail_extrapolation)
+        return EmpiricalReference(
+            np.asarray(self.sorted_scores),
+            self.side,
+            tail_extrapolation,
+            interpolation=self.interpolation,
+        )
 
 
 class Calibration(BaseModel):
@@ -116,9 +140,13 @@ def combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
     return np.maximum(fisher, -np.log(p_values["typicality"]))
 
 
-def _references(statistics: dict[str, np.ndarray], names) -> dict[str, ReferenceDistribution]:
+def _references(
+    statistics: dict[str, np.ndarray], names, interpolation: Interpolation
+) -> dict[str, ReferenceDistribution]:
     return {
-        name: ReferenceDistribution.fit(name, STATISTIC_SIDES[name], statistics[name])
+        name: ReferenceDistribution.fit(
+            name, STATISTIC_SIDES[name], statistics[name], interpolation
+        )
         for name in sorted(names)
     }
 
@@ -129,6 +157,7 @@ def fit_calibration(
     ood_alpha: float,
     attack_alpha: float,
     split: dict[str, int | str] | None = None,
+    interpolation: Interpolation = DEFAULT_INTERPOLATION,
 ) -> Calibration:
     """Fit all references from the two parts A and B of the calibration split."""
     needed = set(OOD_COMPONENTS) | {ATTACK_STATISTIC, PAPER_STATISTIC}
@@ -136,18 +165,20 @@ def fit_calibration(
     if missing:
         raise ValueError(f"calibration needs the statistics {sorted(missing)}")
     both = {name: np.concatenate([statistics_a[name], statistics_b[name]]) for name in needed}
-    combination_components = _references(statistics_a, OOD_COMPONENTS)
+    combination_components = _references(statistics_a, OOD_COMPONENTS, interpolation)
     p_b = {
         name: combination_components[name]
         .reference(tail_extrapolation=True)
         .p_value(statistics_b[name])
         for name in OOD_COMPONENTS
     }
-    combined = ReferenceDistribution.fit(PRODUCTION_OOD_STATISTIC, "upper", combined_statistic(p_b))
+    combined = ReferenceDistribution.fit(
+        PRODUCTION_OOD_STATISTIC, "upper", combined_statistic(p_b), interpolation
+    )
     return Calibration(
         ood_alpha=ood_alpha,
         attack_alpha=attack_alpha,
-        components=_references(both, needed),
+        components=_references(both, needed, interpolation),
         combination_components=combination_components,
         combined=combined,
         split=split or {},

@@ -51,7 +51,16 @@ def _complexity_corrected(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarr
 
 
 def _max_posterior(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
-    return -outputs.log_posterior.max(axis=1)
+    """-log q(top|x).  For a confident image q(top|x) = 1 - eps with eps ~ 1e-9: computed as
+    -log1p(-sum of the other posteriors), every digit of eps survives, where 1 - eps would lose
+    them; the ranking of confident images then rests on their posteriors, not on rounding."""
+    log_posterior = outputs.log_posterior
+    top = log_posterior.argmax(axis=1)
+    rows = np.arange(top.size)
+    is_top = np.arange(log_posterior.shape[1]) == top[:, None]
+    others = np.exp(np.where(is_top, -np.inf, log_posterior)).sum(axis=1)
+    direct = -log_posterior[rows, top]
+    return np.where(others < 0.5, -np.log1p(-np.minimum(others, 0.5)), direct)
 
 
 def _class_distance(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:

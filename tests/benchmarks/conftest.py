@@ -31,3 +31,8 @@ def serve_load():
 @pytest.fixture(scope="session")
 def model_cost():
     return load_script("model_cost")
+
+
+@pytest.fixture(scope="session")
+def onnx_vs_torch():
+    return load_script("onnx_vs_torch")

@@ -50,6 +50,7 @@ from training.metrics import binomial_interval, roc_auc
 from trustgc.artifact import load_model
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
+from trustgc.trust.calibration import ATTACK_STATISTIC
 from trustgc.trust.predictor import Decision, Predictor
 from trustgc.trust.statistics import compute_statistics
 
@@ -160,6 +161,7 @@ def evaluate_attacks(
     seed: int = 0,
     data_dir: Path | None = None,
     detect_statistics: Sequence[str] = DETECT_STATISTICS,
+    with_baseline: bool = True,
     batch_size: int = 100,
     quantize: bool = True,
     log: Callable[[str], None] | None = None,
@@ -257,7 +259,7 @@ def evaluate_attacks(
             gc_l2_by_kappa[kappa] = np.where(success, l2, np.nan)
         log(_progress("GC", row))
 
-    for kappa in dict.fromkeys(kappa for kappa, _ in settings):
+    for kappa in dict.fromkeys(kappa for kappa, _ in settings) if with_baseline else ():
         tick = time.perf_counter()
         config = AttackConfig(kappa=kappa, steps=steps, rounds=rounds, c0=c0, quantize=quantize)
         result = _attack(dc_attack_fn(baseline), images, targets, config, batch_size)
@@ -328,6 +330,39 @@ def _fmt(value, digits: int = 3, percent: bool = False) -> str:
     return f"{value:.{digits}f}"
 
 
+#: What each detection statistic in L_detect is, for the report.
+DETECT_DESCRIPTIONS = {
+    "typicality": "the paper's typicality score -log q(x)/D",
+    "class_distance": "the served attack statistic ||z - mu_pred||^2/D (pred = the current "
+    "argmax, so the penalty is exactly the statistic the service computes; the gradient flows "
+    "through z)",
+}
+
+
+def _detect_paragraph(statistics: Sequence[str]) -> str:
+    """Which threat model the run used: L_detect on the paper's test only, or adaptive."""
+    names = " and ".join(f"`{s}`" for s in statistics)
+    described = "; ".join(DETECT_DESCRIPTIONS[s] for s in statistics)
+    if ATTACK_STATISTIC in statistics:
+        threat = (
+            "Threat model: fully adaptive.  An attacker who knows the service targets the "
+            "statistic that raises the flag, not only the paper's test."
+        )
+    else:
+        threat = (
+            "Threat model: the paper's (and its reference [7]'s) detection-aware attacker, who "
+            "fools the paper's detection mechanism, the typicality test; the served attack "
+            f"statistic (`{ATTACK_STATISTIC}`) is not in its loss."
+        )
+    return (
+        f"L_detect = sum over {names} of ((s(x) - mean) / std)^2, mean and std from the "
+        f"calibration summary (`calibration.json`, components[s].summary): the squared z-score "
+        f"of {described}.  {threat}  The penalty is smooth, two-sided like the served tests and "
+        "about 1 per statistic on clean data; d = 66 and 1000 weigh it against ||delta||^2 "
+        "(about 0.1-1) and c times the logit margin."
+    )
+
+
 def write_markdown(result: dict, path: Path | str, command: str) -> str:
     """Write the results as docs/attacks.md (returns the text)."""
     config, clean = result["config"], result["clean"]
@@ -353,16 +388,7 @@ def write_markdown(result: dict, path: Path | str, command: str) -> str:
         "(round(256 x - 1/2), the inverse of `pixels_to_unit`), success is re-checked on the "
         "served answer, and L2 is measured on the quantised image in [0, 1] pixel units.",
         "",
-        "L_detect = sum over "
-        + " and ".join(f"`{s}`" for s in config["detect_statistics"])
-        + " of ((s(x) - mean) / std)^2, mean and std from the calibration summary "
-        "(`calibration.json`, components[s].summary): the squared z-score of the paper's "
-        "typicality score -log q(x)/D and of the served attack statistic ||z - mu_pred||^2/D "
-        "(pred = the current argmax, so the penalty is exactly the statistic the service "
-        "computes; the gradient flows through z).  An attacker who knows the service targets "
-        "the statistic that raises the flag, not only the paper's test; both are smooth, "
-        "two-sided like the served tests, and about 1 per statistic on clean data.  d = 66 and "
-        "1000 weigh it against ||delta||^2 (about 0.1-1) and c times the logit margin.",
+        _detect_paragraph(config["detect_statistics"]),
         "",
         "Low-confidence answer: top-1 probability < "
         f"{config['low_confidence_threshold']:g} (a user-facing threshold, not a test; on clean "
@@ -411,7 +437,18 @@ def write_markdown(result: dict, path: Path | str, command: str) -> str:
             f"{_fmt(row['typicality_z2'], 2)} | {_fmt(row['class_distance_z2'], 2)} | "
             f"{row['seconds']:.0f} |"
         )
-    lines += [
+    if result["baseline"]:
+        lines += _baseline_section(result)
+    lines += ["", f"Total runtime: {result['runtime_seconds']:.0f} s.", ""]
+    text = "\n".join(lines)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def _baseline_section(result: dict) -> list[str]:
+    lines = [
         "",
         "## Discriminative baseline (same images, targets and attack, d = 0)",
         "",
@@ -433,12 +470,7 @@ def write_markdown(result: dict, path: Path | str, command: str) -> str:
             f"{_fmt(row.get('gc_mean_l2_paired'))} | {_fmt(row.get('dc_mean_l2_paired'))} | "
             f"{_fmt(row.get('l2_ratio_gc_over_dc'), 2)} | {row['seconds']:.0f} |"
         )
-    lines += ["", f"Total runtime: {result['runtime_seconds']:.0f} s.", ""]
-    text = "\n".join(lines)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return text
+    return lines
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -453,6 +485,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/attacks.md"))
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
+    parser.add_argument(
+        "--detect-statistics",
+        nargs="+",
+        default=list(DETECT_STATISTICS),
+        choices=DETECT_STATISTICS,
+        help="what L_detect penalises: both (adaptive attacker, default) or typicality only "
+        "(the paper's detection-aware attacker)",
+    )
+    parser.add_argument("--kappas", type=float, nargs="+", default=list(KAPPAS))
+    parser.add_argument("--d", type=float, nargs="+", default=list(DETECT_WEIGHTS))
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the attacks on the CNN baseline"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -473,6 +518,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
         c0=args.c0,
         seed=args.seed,
         data_dir=args.data_dir,
+        settings=[(kappa, d) for kappa in args.kappas for d in args.d],
+        detect_statistics=args.detect_statistics,
+        with_baseline=not args.no_baseline,
     )
     write_markdown(result, args.out, command)
     if args.json:

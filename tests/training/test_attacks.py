@@ -234,7 +234,7 @@ def test_detection_penalty_is_the_served_statistics_z_score(tiny) -> None:
     assert np.allclose(penalty(scores).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_write_markdown_has_one_row_per_setting(tmp_path) -> None:
+def _attack_result() -> dict:
     gc_row = {
         "success_rate": 1.0,
         "mean_l2": 0.5,
@@ -297,8 +297,45 @@ def test_write_markdown_has_one_row_per_setting(tmp_path) -> None:
         ],
         "runtime_seconds": 2.0,
     }
+    return result
+
+
+def test_write_markdown_has_one_row_per_setting(tmp_path) -> None:
+    result = _attack_result()
     text = write_markdown(result, tmp_path / "docs" / "attacks.md", "trustgc attack ...")
     assert (tmp_path / "docs" / "attacks.md").read_text() == text
     assert "`trustgc attack ...`" in text
     assert sum(line.startswith("| inf |") for line in text.splitlines()) == 2
     assert "| 0.01 | 100% | 0.250 | 100% | 0.500 | 4 | 0.500 | 0.250 | 2.00 | 1 |" in text
+    assert "Threat model: the paper's" in text  # L_detect on typicality only
+
+
+def test_write_markdown_names_the_threat_model_and_skips_a_missing_baseline(tmp_path) -> None:
+    result = _attack_result()
+    result["config"]["detect_statistics"] = ["typicality", "class_distance"]
+    result["baseline"] = []
+    text = write_markdown(result, tmp_path / "attacks.md", "trustgc attack --no-baseline")
+    assert "Threat model: fully adaptive" in text
+    assert "`typicality` and `class_distance`" in text
+    assert "## Discriminative baseline" not in text
+
+
+def test_attack_cli_options_reach_the_evaluation(monkeypatch, tmp_path) -> None:
+    import training.attack_eval as attack_eval
+
+    seen = {}
+
+    def fake_evaluate(gc_dir, baseline_dir, **kwargs):
+        seen.update(kwargs)
+        result = _attack_result()
+        result["baseline"] = [] if not kwargs["with_baseline"] else result["baseline"]
+        return result
+
+    monkeypatch.setattr(attack_eval, "evaluate_attacks", fake_evaluate)
+    out = tmp_path / "a.md"
+    argv = ["--model", "gc", "--baseline", "dc", "--out", str(out), "--kappas", "10", "inf"]
+    argv += ["--d", "66", "--detect-statistics", "typicality", "--no-baseline"]
+    assert attack_eval.main(argv) == 0
+    assert seen["settings"] == [(10.0, 66.0), (float("inf"), 66.0)]
+    assert seen["detect_statistics"] == ["typicality"] and seen["with_baseline"] is False
+    assert out.is_file()

@@ -34,8 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.attacks import (
+from training.attack_options import (
     DETECT_STATISTICS,
+    DETECT_WEIGHTS,
+    KAPPAS,
+    add_attack_arguments,
+)
+from training.attacks import (
     AttackConfig,
     AttackResult,
     DetectionPenalty,
@@ -62,8 +67,6 @@ __all__ = [
     "write_markdown",
 ]
 
-KAPPAS = (0.01, 1.0, 10.0, math.inf)
-DETECT_WEIGHTS = (0.0, 66.0, 1000.0)
 DEFAULT_SETTINGS: tuple[tuple[float, float], ...] = tuple(
     (kappa, d) for kappa in KAPPAS for d in DETECT_WEIGHTS
 )
@@ -473,38 +476,8 @@ def _baseline_section(result: dict) -> list[str]:
     return lines
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m training.attack_eval")
-    parser.add_argument("--model", type=Path, required=True, help="calibrated GC artifact")
-    parser.add_argument("--baseline", type=Path, required=True, help="CNN baseline artifact")
-    parser.add_argument("--n", type=int, default=50, help="images attacked per setting")
-    parser.add_argument("--steps", type=int, default=100, help="Adam steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="binary-search rounds over c")
-    parser.add_argument("--c0", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("docs/attacks.md"))
-    parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
-    parser.add_argument(
-        "--detect-statistics",
-        nargs="+",
-        default=list(DETECT_STATISTICS),
-        choices=DETECT_STATISTICS,
-        help="what L_detect penalises: both (adaptive attacker, default) or typicality only "
-        "(the paper's detection-aware attacker)",
-    )
-    parser.add_argument("--kappas", type=float, nargs="+", default=list(KAPPAS))
-    parser.add_argument("--d", type=float, nargs="+", default=list(DETECT_WEIGHTS))
-    parser.add_argument(
-        "--no-baseline", action="store_true", help="skip the attacks on the CNN baseline"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (1: on a busy 2-core machine a second thread is much slower)",
-    )
-    return parser
+def build_parser() -> argparse.ArgumentParser:
+    return add_attack_arguments(argparse.ArgumentParser(prog="python -m training.attack_eval"))
 
 
 def run(args: argparse.Namespace, command: str) -> dict:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from training.attack_options import DETECT_STATISTICS
 from trustgc.scoring import LatentScores
 from trustgc.trust.calibration import Calibration
 
@@ -63,7 +64,6 @@ __all__ = [
 LogitsFn = Callable[[Tensor], Tensor | tuple[Tensor, Tensor]]
 
 #: Detection statistics the penalty can include (names as in trustgc.trust.statistics).
-DETECT_STATISTICS = ("typicality", "class_distance")
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8

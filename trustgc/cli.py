@@ -421,18 +421,10 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _add_attack(commands) -> None:
+    from training.attack_options import add_attack_arguments  # light: no torch
+
     parser = commands.add_parser("attack", help="Carlini-Wagner attacks and their detection")
-    parser.add_argument("--model", type=Path, required=True, help="calibrated GC artifact")
-    parser.add_argument("--baseline", type=Path, required=True, help="CNN baseline artifact")
-    parser.add_argument("--n", type=int, default=50, help="images attacked per setting")
-    parser.add_argument("--steps", type=int, default=100, help="Adam steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="binary-search rounds over c")
-    parser.add_argument("--c0", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("docs/attacks.md"))
-    parser.add_argument("--json", type=Path, help="also write the raw results as JSON")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_attack_arguments(parser)  # one set of options for `trustgc attack` and the module
     parser.set_defaults(run=_run_attack)
 
 

@@ -10,8 +10,9 @@ Protocol (see docs/attacks.md for the numbers and training/attacks.py for the at
   ``pixels_to_unit``); success is re-checked on the served answer for that uint8 image, and L2
   is measured between the quantised adversarial and the clean image, in [0, 1] pixel units;
 - detection: ROC-AUC (%) of -log p for clean test images (the whole test set) against the
-  successful adversarials, for the served attack p-value (class_distance), the production OoD
-  p-value (Fisher combination) and the paper's two-sided typicality p-value; plus the share of
+  successful adversarials, for the served attack p-value (combined_attack) and each of its
+  components, the production OoD p-value and the paper's two-sided typicality p-value; plus the
+  share of
   successful adversarials that the service flags as attacks (attack p < attack_alpha), rejects
   as OoD (OoD p < ood_alpha), or either ("caught": the served decision is not "accepted");
 - low confidence: a served answer whose top-1 probability is below 0.9 (reported for
@@ -55,7 +56,7 @@ from training.metrics import binomial_interval, roc_auc
 from trustgc.artifact import load_model
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
-from trustgc.trust.calibration import ATTACK_STATISTIC
+from trustgc.trust.calibration import ATTACK_COMPONENTS, ATTACK_STATISTIC
 from trustgc.trust.predictor import Decision, Predictor
 from trustgc.trust.statistics import compute_statistics
 
@@ -77,13 +78,15 @@ LOW_CONFIDENCE = 0.9
 def _served(predictor: Predictor, pixels: torch.Tensor) -> dict[str, np.ndarray]:
     """What the service answers for uint8 images (N, C, H, W): the Predictor's own results."""
     results = predictor.predict(pixels.numpy())
-    attack = predictor.calibration.attack_statistic
     return {
         "probabilities": np.stack([r.probabilities for r in results]),
         "attack_p": np.array([r.attack_p_value for r in results]),
         "ood_p": np.array([r.ood_p_value for r in results]),
         "typicality_p": np.array([r.component_p_values["typicality"] for r in results]),
-        "attack_stat_p": np.array([r.component_p_values[attack] for r in results]),
+        **{
+            f"{name}_p": np.array([r.component_p_values[name] for r in results])
+            for name in ATTACK_COMPONENTS
+        },
         "flagged": np.array([r.attack_suspected for r in results]),
         "rejected": np.array([r.out_of_distribution for r in results]),
         "caught": np.array([r.decision != Decision.ACCEPTED for r in results]),
@@ -244,6 +247,10 @@ def evaluate_attacks(
             "mean_l2": _mean(l2[success]),
             "median_l2": float(np.median(l2[success])) if success.any() else None,
             "auc_attack": _auc(clean["attack_p"], served["attack_p"][success]),
+            **{
+                f"auc_{name}": _auc(clean[f"{name}_p"], served[f"{name}_p"][success])
+                for name in ATTACK_COMPONENTS
+            },
             "auc_production_ood": _auc(clean["ood_p"], served["ood_p"][success]),
             "auc_typicality": _auc(clean["typicality_p"], served["typicality_p"][success]),
             "flagged_rate": _mean(served["flagged"][success]),
@@ -253,6 +260,7 @@ def evaluate_attacks(
             "mean_top1": _mean(top1[success]),
             "typicality_z2": _mean(z2["typicality"]),
             "class_distance_z2": _mean(z2["class_distance"]),
+            "logit_margin_z2": _mean(z2["logit_margin"]),
             "mean_c": _mean(result.c.numpy()[success]),
             "gradient_evaluations": result.gradient_evaluations,
             "seconds": time.perf_counter() - tick,
@@ -336,9 +344,10 @@ def _fmt(value, digits: int = 3, percent: bool = False) -> str:
 #: What each detection statistic in L_detect is, for the report.
 DETECT_DESCRIPTIONS = {
     "typicality": "the paper's typicality score -log q(x)/D",
-    "class_distance": "the served attack statistic ||z - mu_pred||^2/D (pred = the current "
-    "argmax, so the penalty is exactly the statistic the service computes; the gradient flows "
-    "through z)",
+    "class_distance": "the attack statistic's first component ||z - mu_pred||^2/D (pred = the "
+    "current argmax, so the penalty is exactly the statistic the service computes; the gradient "
+    "flows through z)",
+    "logit_margin": "its second component, the gap between the two largest logits",
 }
 
 
@@ -346,11 +355,14 @@ def _detect_paragraph(statistics: Sequence[str]) -> str:
     """Which threat model the run used: L_detect on the paper's test only, or adaptive."""
     names = " and ".join(f"`{s}`" for s in statistics)
     described = "; ".join(DETECT_DESCRIPTIONS[s] for s in statistics)
-    if ATTACK_STATISTIC in statistics:
+    if set(ATTACK_COMPONENTS) <= set(statistics):
         threat = (
             "Threat model: fully adaptive.  An attacker who knows the service targets the "
-            "statistic that raises the flag, not only the paper's test."
+            f"statistics that raise the flag (`{ATTACK_STATISTIC}`'s components), not only "
+            "the paper's test."
         )
+    elif set(ATTACK_COMPONENTS) & set(statistics):
+        threat = "Threat model: partly adaptive (some of the attack statistic's components)."
     else:
         threat = (
             "Threat model: the paper's (and its reference [7]'s) detection-aware attacker, who "
@@ -417,27 +429,32 @@ def write_markdown(result: dict, path: Path | str, command: str) -> str:
         "",
         "success: share of attacked images whose served answer (uint8 image) is the target.  "
         "L2 over successful adversarials.  AUC (%): clean test set vs successful adversarials, "
-        "score -log p, for the served attack p-value, the production OoD p-value and the "
-        "paper's typicality p-value.  flagged / rejected / caught: share of successful "
+        "score -log p, for the served attack p-value, its components class_distance (dist.) "
+        "and logit_margin (margin), the production OoD p-value and the paper's typicality "
+        "p-value.  flagged / rejected / caught: share of successful "
         "adversarials with attack p < alpha / OoD p < alpha / a served decision other than "
         "accepted.  low-conf: share with top-1 probability < "
         f"{config['low_confidence_threshold']:g}"
-        " (kappa <= 1).  z2: mean squared z-score of typicality / class_distance (clean: about 1).",
+        " (kappa <= 1).  z2: mean squared z-score of typicality / class_distance / logit_margin "
+        "(clean: about 1).",
         "",
-        "| kappa | d | success | mean L2 | AUC attack | AUC prod. OoD | AUC typicality | "
-        "flagged | rejected | caught | low-conf | mean top-1 | z2 typ. | z2 dist. | time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kappa | d | success | mean L2 | AUC attack | AUC dist. | AUC margin | AUC prod. OoD | "
+        "AUC typicality | flagged | rejected | caught | low-conf | mean top-1 | z2 typ. | "
+        "z2 dist. | z2 margin | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["gc"]:
         lines.append(
             f"| {row['kappa']} | {row['d']:g} | {_fmt(row['success_rate'], percent=True)} | "
             f"{_fmt(row['mean_l2'])} | {_fmt(row['auc_attack'], 1)} | "
+            f"{_fmt(row.get('auc_class_distance'), 1)} | {_fmt(row.get('auc_logit_margin'), 1)} | "
             f"{_fmt(row['auc_production_ood'], 1)} | {_fmt(row['auc_typicality'], 1)} | "
             f"{_fmt(row['flagged_rate'], percent=True)} | "
             f"{_fmt(row['rejected_rate'], percent=True)} | "
             f"{_fmt(row['caught_rate'], percent=True)} | "
             f"{_fmt(row['low_confidence_rate'], percent=True)} | {_fmt(row['mean_top1'])} | "
             f"{_fmt(row['typicality_z2'], 2)} | {_fmt(row['class_distance_z2'], 2)} | "
+            f"{_fmt(row.get('logit_margin_z2'), 2)} | "
             f"{row['seconds']:.0f} |"
         )
     if result["baseline"]:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 __all__ = ["DETECT_STATISTICS", "DETECT_WEIGHTS", "KAPPAS", "add_attack_arguments"]
 
-#: Statistics an attacker's L_detect can penalise: the paper's typicality score and the served
-#: attack statistic (see training.attacks.DetectionPenalty).
-DETECT_STATISTICS = ("typicality", "class_distance")
+#: Statistics an attacker's L_detect can penalise: the paper's typicality score and the two
+#: components of the served attack statistic (see training.attacks.DetectionPenalty).
+DETECT_STATISTICS = ("typicality", "class_distance", "logit_margin")
 #: The paper's attack grid, plus kappa = 10 (a moderate confidence on the GC's logit scale).
 KAPPAS = (0.01, 1.0, 10.0, math.inf)
 DETECT_WEIGHTS = (0.0, 66.0, 1000.0)
@@ -36,8 +36,8 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         nargs="+",
         default=list(DETECT_STATISTICS),
         choices=DETECT_STATISTICS,
-        help="what L_detect penalises: both (adaptive attacker, default) or typicality only "
-        "(the paper's detection-aware attacker)",
+        help="what L_detect penalises: all (fully adaptive attacker, default) or typicality "
+        "only (the paper's detection-aware attacker)",
     )
     parser.add_argument("--kappas", type=float, nargs="+", default=list(KAPPAS))
     parser.add_argument("--d", type=float, nargs="+", default=list(DETECT_WEIGHTS))

@@ -112,9 +112,10 @@ class DetectionPenalty:
     large for atypical ones.  It is smooth and two-sided, like the served tests:
 
     - ``typicality``: -log q(x) / D, the paper's typicality test;
-    - ``class_distance``: ||z - mu_yhat||^2 / D at the current prediction yhat (the served
-      attack statistic; yhat is the argmax, so the penalty is exactly the statistic the service
-      computes for the iterate; the gradient flows through z, not through the argmax).
+    - ``class_distance``: ||z - mu_yhat||^2 / D at the current prediction yhat (a component of
+      the served attack statistic; yhat is the argmax, so the penalty is exactly the statistic
+      the service computes for the iterate; the gradient flows through z, not the argmax);
+    - ``logit_margin``: the gap between the two largest logits (the other component).
     """
 
     def __init__(self, statistics: dict[str, tuple[float, float]]) -> None:
@@ -140,6 +141,9 @@ class DetectionPenalty:
         if "class_distance" in self.statistics:
             predicted = scores.logits.argmax(dim=1, keepdim=True)
             out["class_distance"] = scores.squared_distances.gather(1, predicted)[:, 0] / scores.dim
+        if "logit_margin" in self.statistics:
+            top_two = scores.logits.topk(2, dim=1).values
+            out["logit_margin"] = top_two[:, 0] - top_two[:, 1]
         return out
 
     def __call__(self, scores: LatentScores) -> Tensor:

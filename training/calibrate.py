@@ -16,9 +16,8 @@ from trustgc.artifact import load_model
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.calibration import (
-    ATTACK_STATISTIC,
+    COMBINED_COMPONENTS,
     DEFAULT_INTERPOLATION,
-    OOD_COMPONENTS,
     PAPER_STATISTIC,
     Calibration,
     fit_calibration,
@@ -29,7 +28,7 @@ from trustgc.trust.statistics import compute_statistics
 
 __all__ = ["calibration_split", "calibrate_artifact", "dataset_statistics"]
 
-STATISTICS = tuple(sorted(set(OOD_COMPONENTS) | {ATTACK_STATISTIC, PAPER_STATISTIC}))
+STATISTICS = tuple(sorted(set(COMBINED_COMPONENTS) | {PAPER_STATISTIC}))
 
 
 def calibration_split(training: dict, data_dir: Path | None) -> ImageDataset:

@@ -11,6 +11,7 @@ Beta-Binomial(m, a, n + 1 - a): a plain binomial interval ignores the reference'
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -26,8 +27,10 @@ from trustgc.ibinn import IBINN
 from trustgc.inference import ModelOutputs, score_batch
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
 from trustgc.trust.calibration import (
+    ATTACK_COMPONENTS,
     ATTACK_STATISTIC,
     CALIBRATION_FILE,
+    COMBINED_COMPONENTS,
     DEFAULT_INTERPOLATION,
     OOD_COMPONENTS,
     PAPER_STATISTIC,
@@ -35,6 +38,7 @@ from trustgc.trust.calibration import (
     STATISTIC_SIDES,
     Calibration,
     ReferenceDistribution,
+    attack_combined_statistic,
     combined_statistic,
     fit_calibration,
     load_calibration,
@@ -209,9 +213,8 @@ def test_production_p_value_valid_on_fresh_synthetic_data(fitted, fresh_syntheti
     p = predictor.p_values(statistics)
     n, m = b["typicality"].size, statistics["typicality"].size
     for alpha in ALPHAS:
-        for name, side in ((PRODUCTION_OOD_STATISTIC, "upper"), (ATTACK_STATISTIC, "two_sided")):
-            size = n if name == PRODUCTION_OOD_STATISTIC else n + 400
-            low, high, _ = _count_interval(size, m, alpha, side, 0.999)
+        for name in (PRODUCTION_OOD_STATISTIC, ATTACK_STATISTIC):  # both calibrated on part B
+            low, high, _ = _count_interval(n, m, alpha, "upper", 0.999)
             count = int(np.sum(p[name] <= alpha))
             assert low <= count <= high, (name, alpha, count / m)
 
@@ -224,8 +227,10 @@ def test_fit_calibration_structure(fitted) -> None:
     assert calibration.ood_alpha == 0.05 and calibration.attack_alpha == 0.05
     assert calibration.ood_statistic == PRODUCTION_OOD_STATISTIC
     assert calibration.attack_statistic == ATTACK_STATISTIC
-    assert set(calibration.components) == set(OOD_COMPONENTS) | {ATTACK_STATISTIC, PAPER_STATISTIC}
-    assert set(calibration.combination_components) == set(OOD_COMPONENTS)
+    assert set(calibration.components) == set(COMBINED_COMPONENTS) | {PAPER_STATISTIC}
+    assert set(COMBINED_COMPONENTS) == set(OOD_COMPONENTS) | set(ATTACK_COMPONENTS)
+    assert set(calibration.combination_components) == set(COMBINED_COMPONENTS)
+    assert set(calibration.combined) == {PRODUCTION_OOD_STATISTIC, ATTACK_STATISTIC}
     for name, reference in calibration.components.items():
         assert reference.side == STATISTIC_SIDES[name] and reference.statistic == name
         assert reference.summary["n"] == 1600
@@ -234,16 +239,20 @@ def test_fit_calibration_structure(fitted) -> None:
     for name, reference in calibration.combination_components.items():
         assert reference.summary["n"] == 400
         np.testing.assert_array_equal(reference.sorted_scores, np.sort(a[name]))
-    # the combined reference is T of part B, with the component p-values taken against part A
+    # each combined reference is T of part B, with the component p-values taken against part A
     p_b = {
         name: calibration.combination_components[name]
         .reference(tail_extrapolation=True)
         .p_value(b[name])
-        for name in OOD_COMPONENTS
+        for name in COMBINED_COMPONENTS
     }
-    t = combined_statistic(p_b)
-    np.testing.assert_allclose(calibration.combined.sorted_scores, np.sort(t), rtol=1e-12)
-    assert calibration.combined.side == "upper" and calibration.combined.summary["n"] == 1200
+    for name, statistic in (
+        (PRODUCTION_OOD_STATISTIC, combined_statistic),
+        (ATTACK_STATISTIC, attack_combined_statistic),
+    ):
+        reference = calibration.combined[name]
+        np.testing.assert_allclose(reference.sorted_scores, np.sort(statistic(p_b)), rtol=1e-12)
+        assert reference.side == "upper" and reference.summary["n"] == 1200
     assert calibration.split == {"part_a": 400}
 
 
@@ -255,7 +264,7 @@ def test_interpolation_is_stored_and_used(fitted, fresh_synthetic) -> None:
     everything = [
         *calibration.components.values(),
         *calibration.combination_components.values(),
-        calibration.combined,
+        *calibration.combined.values(),
     ]
     assert {reference.interpolation for reference in everything} == {DEFAULT_INTERPOLATION}
     linear = fit_calibration(a, b, 0.05, 0.05, interpolation="linear")
@@ -265,7 +274,7 @@ def test_interpolation_is_stored_and_used(fitted, fresh_synthetic) -> None:
         p_linear = reference.reference().p_value(statistics[name])
         p_step = calibration.components[name].reference().p_value(statistics[name])
         assert np.all(p_linear >= p_step - 1e-15) and np.any(p_linear > p_step), name
-    legacy = calibration.combined.model_dump()
+    legacy = calibration.combined[ATTACK_STATISTIC].model_dump()
     del legacy["interpolation"]
     assert ReferenceDistribution.model_validate(legacy).interpolation == "step"
 
@@ -287,7 +296,7 @@ def test_predictor_p_values_formula(fitted, fresh_synthetic, predictor) -> None:
             expected = np.minimum(1, 2 * np.minimum(upper, lower))
         np.testing.assert_allclose(p[name], expected, rtol=1e-15)
     inner = {}
-    for name in OOD_COMPONENTS:
+    for name in COMBINED_COMPONENTS:
         reference = np.asarray(calibration.combination_components[name].sorted_scores)
         upper = (1 + (reference[None, :] >= statistics[name][:, None]).sum(1)) / 401
         lower = (1 + (reference[None, :] <= statistics[name][:, None]).sum(1)) / 401
@@ -303,14 +312,16 @@ def test_predictor_p_values_formula(fitted, fresh_synthetic, predictor) -> None:
             lower,
         )
         two = np.minimum(1, 2 * np.minimum(upper, lower))
-        inner[name] = two if name == "typicality" else upper
-    t = np.maximum(
+        inner[name] = two if STATISTIC_SIDES[name] == "two_sided" else upper
+    ood_t = np.maximum(
         -np.log(inner["complexity_corrected"]) - np.log(inner["max_posterior"]),
         -np.log(inner["typicality"]),
     )
-    combined = np.asarray(calibration.combined.sorted_scores)
-    expected = (1 + (combined[None, :] >= t[:, None]).sum(1)) / (combined.size + 1)
-    np.testing.assert_allclose(p[PRODUCTION_OOD_STATISTIC], expected, rtol=1e-15)
+    attack_t = np.maximum(-np.log(inner["class_distance"]), -np.log(inner["logit_margin"]))
+    for name, t in ((PRODUCTION_OOD_STATISTIC, ood_t), (ATTACK_STATISTIC, attack_t)):
+        combined = np.asarray(calibration.combined[name].sorted_scores)
+        expected = (1 + (combined[None, :] >= t[:, None]).sum(1)) / (combined.size + 1)
+        np.testing.assert_allclose(p[name], expected, rtol=1e-15)
 
 
 def test_combined_statistic_formula() -> None:
@@ -322,6 +333,10 @@ def test_combined_statistic_formula() -> None:
     # max(-log(pc * pm), -log(pt)), by hand
     expected = [0.0, np.log(8.0), np.log(100.0), np.log(1e6)]
     np.testing.assert_allclose(combined_statistic(p), expected, rtol=1e-12)
+    attack = {"class_distance": np.asarray([1.0, 0.5, 1e-3]), "logit_margin": [0.25, 1.0, 0.1]}
+    # max(-log p_distance, -log p_margin), by hand
+    expected = [np.log(4.0), np.log(2.0), np.log(1e3)]
+    np.testing.assert_allclose(attack_combined_statistic(attack), expected, rtol=1e-12)
 
 
 def test_fit_calibration_validates(fitted) -> None:
@@ -341,26 +356,18 @@ def test_fit_calibration_validates(fitted) -> None:
 def _forced(calibration: Calibration, ood: bool, attack: bool, n: int = 999) -> Calibration:
     """A calibration whose references put every finite score in a chosen tail.
 
-    ood:    combined reference all -1e9: p_upper(T) = 1 / (n + 1) for every T (else +1e9: p = 1)
-    attack: class_distance reference all +1e9: two-sided p = 2 / (n + 1) (else half -1e9 and
-            half +1e9: p = 1).
+    Each combined reference all -1e9: p_upper(T) = 1 / (n + 1) for every T (else +1e9: p = 1).
     """
-    combined = np.full(n, -1e9 if ood else 1e9)
-    if attack:
-        distances = np.full(n, 1e9)
-    else:
-        distances = np.concatenate([np.full(n // 2, -1e9), np.full(n - n // 2, 1e9)])
-    components = dict(calibration.components)
-    components[ATTACK_STATISTIC] = ReferenceDistribution.fit(
-        ATTACK_STATISTIC, "two_sided", distances
-    )
+
+    def reference(name: str, reject: bool) -> ReferenceDistribution:
+        return ReferenceDistribution.fit(name, "upper", np.full(n, -1e9 if reject else 1e9))
+
+    combined = {
+        PRODUCTION_OOD_STATISTIC: reference(PRODUCTION_OOD_STATISTIC, ood),
+        ATTACK_STATISTIC: reference(ATTACK_STATISTIC, attack),
+    }
     return calibration.model_copy(
-        update={
-            "ood_alpha": 0.01,
-            "attack_alpha": 0.01,
-            "components": components,
-            "combined": ReferenceDistribution.fit(PRODUCTION_OOD_STATISTIC, "upper", combined),
-        }
+        update={"ood_alpha": 0.01, "attack_alpha": 0.01, "combined": combined}
     )
 
 
@@ -383,23 +390,17 @@ def test_decision_rule_branches(model, manifest, fitted, fresh_synthetic, ood, a
         assert result.out_of_distribution is ood
         assert result.attack_suspected is attack  # the attack test itself still runs
         assert result.ood_p_value == pytest.approx(1 / 1000 if ood else 1.0, abs=1e-15)
-        assert result.attack_p_value == pytest.approx(2 / 1000 if attack else 1.0, abs=1e-15)
-        assert result.component_p_values[ATTACK_STATISTIC] == result.attack_p_value
+        assert result.attack_p_value == pytest.approx(1 / 1000 if attack else 1.0, abs=1e-15)
+        assert set(ATTACK_COMPONENTS) <= set(result.component_p_values)
         assert result.ood_alpha == 0.01 and result.attack_alpha == 0.01
         assert result.ood_statistic == PRODUCTION_OOD_STATISTIC
         assert result.attack_statistic == ATTACK_STATISTIC
 
 
 def test_p_value_equal_to_alpha_is_not_rejected(model, manifest, fitted, fresh_synthetic):
-    """The rule rejects when p < alpha (strictly): n = 99 gives p_ood = 1 / 100 = alpha and
-    n = 199 gives the two-sided attack p = 2 / 200 = alpha."""
+    """The rule rejects when p < alpha (strictly): n = 99 gives p = 1 / 100 = alpha."""
     dataset, _ = fresh_synthetic
-    calibration = _forced(fitted[0], ood=True, attack=False, n=99)
-    components = dict(calibration.components)
-    components[ATTACK_STATISTIC] = ReferenceDistribution.fit(
-        ATTACK_STATISTIC, "two_sided", np.full(199, 1e9)
-    )
-    calibration = calibration.model_copy(update={"components": components})
+    calibration = _forced(fitted[0], ood=True, attack=True, n=99)
     for result in Predictor(model, manifest, calibration).predict(_nchw(dataset)[:4]):
         assert result.ood_p_value == 0.01 and result.attack_p_value == 0.01
         assert result.decision == Decision.ACCEPTED
@@ -522,7 +523,9 @@ def test_calibration_json_round_trip(tmp_path, model, manifest, fitted, fresh_sy
     _, statistics = fresh_synthetic
     before = Predictor(model, manifest, calibration).p_values(statistics)
     after = Predictor(model, manifest, loaded).p_values(statistics)
-    assert set(before) == set(after) == set(statistics) | {PRODUCTION_OOD_STATISTIC}
+    assert (
+        set(before) == set(after) == set(statistics) | {PRODUCTION_OOD_STATISTIC, ATTACK_STATISTIC}
+    )
     for name in before:
         np.testing.assert_array_equal(before[name], after[name])
 
@@ -542,3 +545,13 @@ def test_from_artifact_needs_calibration(tmp_path, model, manifest, fitted, fres
         np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=0, atol=1e-12)
         assert a.ood_p_value == b.ood_p_value and a.attack_p_value == b.attack_p_value
         assert a.decision == b.decision
+
+
+def test_old_calibration_format_is_refused_with_a_fix(tmp_path, fitted) -> None:
+    save_calibration(tmp_path, fitted[0])
+    path = tmp_path / CALIBRATION_FILE
+    data = json.loads(path.read_text())
+    data["format_version"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="run `trustgc calibrate"):
+        load_calibration(tmp_path)

@@ -312,12 +312,14 @@ def test_write_markdown_has_one_row_per_setting(tmp_path) -> None:
 
 def test_write_markdown_names_the_threat_model_and_skips_a_missing_baseline(tmp_path) -> None:
     result = _attack_result()
-    result["config"]["detect_statistics"] = ["typicality", "class_distance"]
+    result["config"]["detect_statistics"] = ["typicality", "class_distance", "logit_margin"]
     result["baseline"] = []
     text = write_markdown(result, tmp_path / "attacks.md", "trustgc attack --no-baseline")
     assert "Threat model: fully adaptive" in text
-    assert "`typicality` and `class_distance`" in text
+    assert "`typicality` and `class_distance` and `logit_margin`" in text
     assert "## Discriminative baseline" not in text
+    result["config"]["detect_statistics"] = ["typicality", "class_distance"]
+    assert "Threat model: partly adaptive" in write_markdown(result, tmp_path / "b.md", "x")
 
 
 def test_attack_cli_options_reach_the_evaluation(monkeypatch, tmp_path) -> None:

@@ -92,7 +92,8 @@ def test_the_test_set_is_the_full_fresh_split(predictor, test_images) -> None:
     calibration = predictor.calibration
     assert calibration.split["dataset"] == "fashion_mnist"
     # the references come from the training split's held-out part, never from the test set
-    assert calibration.combined.summary["n"] == calibration.split["part_b"]
+    for reference in calibration.combined.values():
+        assert reference.summary["n"] == calibration.split["part_b"]
     for reference in calibration.combination_components.values():
         assert reference.summary["n"] == calibration.split["part_a"]
     for reference in calibration.components.values():
@@ -103,9 +104,8 @@ def test_p_values_are_calibrated_on_the_test_set(predictor, in_distribution) -> 
     _, p = in_distribution
     calibration = predictor.calibration
     checks = {
-        "typicality": calibration.components["typicality"],
-        calibration.attack_statistic: calibration.components[calibration.attack_statistic],
-        calibration.ood_statistic: calibration.combined,
+        **{name: calibration.components[name] for name in ("typicality", "class_distance")},
+        **calibration.combined,  # the served OoD and attack statistics
     }
     rows, failures = [], []
     for name, reference in checks.items():
@@ -191,21 +191,27 @@ def test_ood_auc_targets(ood_aucs, ood_set: str, method: str, target: float) -> 
     assert auc >= target, f"{ood_set} {method}: AUC {auc:.4f} < {target}"
 
 
-def test_one_extreme_component_is_enough_to_reject(predictor) -> None:
+@pytest.mark.parametrize(
+    ("extreme", "served", "alpha"),
+    [
+        ("typicality", "ood_statistic", "ood_alpha"),
+        ("logit_margin", "attack_statistic", "attack_alpha"),
+    ],
+)
+def test_one_extreme_component_is_enough_to_reject(predictor, extreme, served, alpha) -> None:
     calibration = predictor.calibration
     inner = calibration.combination_components
+    # every component exactly typical (its reference median: p ~ 0.5) ...
     statistics = {
-        # far beyond the largest reference value: the paper's test rejects at any level
-        "typicality": np.asarray([max(inner["typicality"].sorted_scores) + 1e3]),
-        # the other components exactly typical (their reference medians: p ~ 0.5)
-        "complexity_corrected": np.asarray(
-            [np.median(inner["complexity_corrected"].sorted_scores)]
-        ),
-        "max_posterior": np.asarray([np.median(inner["max_posterior"].sorted_scores)]),
+        name: np.asarray([np.median(reference.sorted_scores)])
+        for name, reference in calibration.components.items()
     }
+    # ... but one far beyond its largest reference value: that test rejects at any level
+    statistics[extreme] = np.asarray([max(inner[extreme].sorted_scores) + 1e3])
     p = predictor.p_values(statistics)
-    assert p["typicality"][0] < calibration.ood_alpha  # the component alone is decisive
-    assert p[calibration.ood_statistic][0] < calibration.ood_alpha, p[calibration.ood_statistic]
+    level, name = getattr(calibration, alpha), getattr(calibration, served)
+    assert p[extreme][0] < level  # the component alone is decisive
+    assert p[name][0] < level, p[name]
 
 
 def test_uniform_noise_is_rejected_at_the_served_alpha(ood_aucs) -> None:

@@ -34,9 +34,7 @@ def _score(model: _Model, images: np.ndarray, options: ReportOptions) -> dict[st
         scores["max_posterior"] = -outputs.log_posterior.max(axis=1)
         return scores
     calibration = model.predictor.calibration
-    names = sorted(
-        set(calibration.ood_components) | {calibration.attack_statistic, PAPER_STATISTIC}
-    )
+    names = sorted(calibration.components)
     statistics = compute_statistics(outputs, pixels.numpy(), names)
     p = model.predictor.p_values(statistics)
     scores["production"] = -np.log(p[calibration.ood_statistic])

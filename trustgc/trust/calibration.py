@@ -3,11 +3,12 @@
 Fitted on the held-out calibration split (never seen in training):
 
 - the whole split gives each statistic's reference distribution: the reported component
-  p-values, the paper's typicality test and the attack test;
-- the production OoD statistic combines three components (see :func:`combined_statistic`).
-  Its component p-values must be out-of-sample for the calibration of T, so the split is divided:
-  part A fits the combination's own component references (with exponential tails beyond
-  their range, so that one extreme component can reject on its own), part B the reference of T.
+  p-values, among them the paper's typicality test;
+- the two served statistics combine components (see :data:`COMBINATIONS`): the production OoD
+  statistic and the attack statistic.  Their component p-values must be out-of-sample for the
+  calibration of T, so the split is divided: part A fits the combinations' own component
+  references (with exponential tails beyond their range, so that one extreme component can
+  reject on its own), part B the reference of each T.
 
 Calibrating T empirically (instead of assuming a chi^2 or Beta law) keeps the combined p-value
 valid although the components are correlated.  The result is stored in
@@ -16,6 +17,7 @@ valid although the components are correlated.  The result is stored in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,11 @@ from trustgc.artifact import read_json, write_json
 from trustgc.trust.pvalues import EmpiricalReference, Interpolation, Side
 
 __all__ = [
+    "ATTACK_COMPONENTS",
     "ATTACK_STATISTIC",
     "CALIBRATION_FILE",
+    "COMBINATIONS",
+    "COMBINED_COMPONENTS",
     "DEFAULT_INTERPOLATION",
     "OOD_COMPONENTS",
     "PAPER_STATISTIC",
@@ -34,6 +39,7 @@ __all__ = [
     "STATISTIC_SIDES",
     "Calibration",
     "ReferenceDistribution",
+    "attack_combined_statistic",
     "combined_statistic",
     "fit_calibration",
     "load_calibration",
@@ -41,7 +47,9 @@ __all__ = [
 ]
 
 CALIBRATION_FILE = "calibration.json"
-CALIBRATION_FORMAT_VERSION = 1
+#: 2: the attack statistic became a combination; ``combined`` holds one reference per
+#: combination.  Version 1 files are refused with a request to recalibrate.
+CALIBRATION_FORMAT_VERSION = 2
 
 #: Which tail of each statistic is suspicious (see trustgc.trust.statistics).
 STATISTIC_SIDES: dict[str, Side] = {
@@ -49,11 +57,13 @@ STATISTIC_SIDES: dict[str, Side] = {
     "complexity_corrected": "upper",
     "max_posterior": "upper",
     "class_distance": "two_sided",
+    "logit_margin": "upper",
 }
 PAPER_STATISTIC = "typicality"
 OOD_COMPONENTS = ("complexity_corrected", "typicality", "max_posterior")
 PRODUCTION_OOD_STATISTIC = "combined_ood"
-ATTACK_STATISTIC = "class_distance"
+ATTACK_COMPONENTS = ("class_distance", "logit_margin")
+ATTACK_STATISTIC = "combined_attack"
 #: How calibrations read p-values off their references (see trustgc.trust.pvalues).  "step",
 #: the exact conservative p-value: measured against ONNX Runtime on 1,000 test images, 997 get
 #: bit-identical p-values and 3 differ by one or two steps of 1 / (n + 1).  "linear" is
@@ -119,9 +129,10 @@ class Calibration(BaseModel):
     ood_statistic: str = PRODUCTION_OOD_STATISTIC
     ood_components: tuple[str, ...] = OOD_COMPONENTS
     attack_statistic: str = ATTACK_STATISTIC
+    attack_components: tuple[str, ...] = ATTACK_COMPONENTS
     components: dict[str, ReferenceDistribution]  # fitted on the whole calibration split
-    combination_components: dict[str, ReferenceDistribution]  # part A, inside T only
-    combined: ReferenceDistribution  # T on part B
+    combination_components: dict[str, ReferenceDistribution]  # part A, inside the Ts only
+    combined: dict[str, ReferenceDistribution]  # each combination's T on part B
     split: dict[str, int | str] = Field(default_factory=dict)
 
 
@@ -138,6 +149,30 @@ def combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
     """
     fisher = -np.log(p_values["complexity_corrected"]) - np.log(p_values["max_posterior"])
     return np.maximum(fisher, -np.log(p_values["typicality"]))
+
+
+def attack_combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
+    """The attack statistic (large T: suspected attack), a min-p (Tippett) test:
+
+        T = max( -log p_class_distance,  -log p_logit_margin )
+
+    class-conditional typicality (an input pushed into a class without becoming one of its
+    typical samples) and over-confidence: the GC's logit margin between its top two classes is
+    bounded by how far apart the class means lie, so on clean images it stays below about 7
+    (99th percentile of the shipped model); a confident attack (margin 10 asked for) lands
+    beyond anything clean, whatever else it keeps typical.
+    """
+    return np.maximum(-np.log(p_values["class_distance"]), -np.log(p_values["logit_margin"]))
+
+
+#: The served combined statistics: name -> (components, T from their part-A p-values).
+COMBINATIONS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {
+    PRODUCTION_OOD_STATISTIC: (OOD_COMPONENTS, combined_statistic),
+    ATTACK_STATISTIC: (ATTACK_COMPONENTS, attack_combined_statistic),
+}
+COMBINED_COMPONENTS = tuple(
+    sorted({c for components, _ in COMBINATIONS.values() for c in components})
+)
 
 
 def _references(
@@ -160,21 +195,21 @@ def fit_calibration(
     interpolation: Interpolation = DEFAULT_INTERPOLATION,
 ) -> Calibration:
     """Fit all references from the two parts A and B of the calibration split."""
-    needed = set(OOD_COMPONENTS) | {ATTACK_STATISTIC, PAPER_STATISTIC}
+    needed = set(COMBINED_COMPONENTS) | {PAPER_STATISTIC}
     missing = needed - set(statistics_a) | needed - set(statistics_b)
     if missing:
         raise ValueError(f"calibration needs the statistics {sorted(missing)}")
     both = {name: np.concatenate([statistics_a[name], statistics_b[name]]) for name in needed}
-    combination_components = _references(statistics_a, OOD_COMPONENTS, interpolation)
-    p_b = {
-        name: combination_components[name]
-        .reference(tail_extrapolation=True)
-        .p_value(statistics_b[name])
-        for name in OOD_COMPONENTS
-    }
-    combined = ReferenceDistribution.fit(
-        PRODUCTION_OOD_STATISTIC, "upper", combined_statistic(p_b), interpolation
-    )
+    combination_components = _references(statistics_a, COMBINED_COMPONENTS, interpolation)
+    combined = {}
+    for name, (components, statistic) in COMBINATIONS.items():
+        p_b = {
+            component: combination_components[component]
+            .reference(tail_extrapolation=True)
+            .p_value(statistics_b[component])
+            for component in components
+        }
+        combined[name] = ReferenceDistribution.fit(name, "upper", statistic(p_b), interpolation)
     return Calibration(
         ood_alpha=ood_alpha,
         attack_alpha=attack_alpha,
@@ -192,4 +227,13 @@ def save_calibration(directory: Path, calibration: Calibration) -> None:
 def load_calibration(directory: Path) -> Calibration | None:
     """The artifact's calibration, or None if it was never calibrated."""
     path = Path(directory) / CALIBRATION_FILE
-    return Calibration.model_validate(read_json(path)) if path.is_file() else None
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != CALIBRATION_FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: calibration format {version}, this code reads "
+            f"{CALIBRATION_FORMAT_VERSION}: run `trustgc calibrate --model {directory}` again"
+        )
+    return Calibration.model_validate(data)

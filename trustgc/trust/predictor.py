@@ -28,12 +28,7 @@ from torch import nn
 from trustgc.artifact import ModelManifest, load_model
 from trustgc.inference import model_outputs
 from trustgc.scoring import bits_per_dim
-from trustgc.trust.calibration import (
-    PAPER_STATISTIC,
-    Calibration,
-    combined_statistic,
-    load_calibration,
-)
+from trustgc.trust.calibration import COMBINATIONS, Calibration, load_calibration
 from trustgc.trust.statistics import compute_statistics
 
 __all__ = ["BACKENDS", "Decision", "Predictor", "TrustResult"]
@@ -112,12 +107,10 @@ class Predictor:
             name: reference.reference(tail_extrapolation=True)
             for name, reference in calibration.combination_components.items()
         }
-        self._combined = calibration.combined.reference()
-        self._statistics = tuple(
-            sorted(
-                set(calibration.ood_components) | {calibration.attack_statistic, PAPER_STATISTIC}
-            )
-        )
+        self._combined = {
+            name: reference.reference() for name, reference in calibration.combined.items()
+        }
+        self._statistics = tuple(sorted(calibration.components))
 
     def _init_classifier(
         self, model: nn.Module, manifest: ModelManifest, device: str | torch.device, backend: str
@@ -175,14 +168,12 @@ class Predictor:
         return self.manifest.class_names
 
     def p_values(self, statistics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Component p-values plus the combined production OoD p-value (key ood_statistic)."""
+        """Component p-values plus each combined statistic's (the served OoD and attack ones)."""
         p = {name: self._references[name].p_value(values) for name, values in statistics.items()}
-        inner = {
-            name: self._combination_references[name].p_value(statistics[name])
-            for name in self.calibration.ood_components
-        }
-        combined = combined_statistic(inner)
-        p[self.calibration.ood_statistic] = self._combined.p_value(combined)
+        for name, reference in self._combined.items():
+            components, combine = COMBINATIONS[name]
+            inner = {c: self._combination_references[c].p_value(statistics[c]) for c in components}
+            p[name] = reference.p_value(combine(inner))
         return p
 
     def predict(

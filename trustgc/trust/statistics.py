@@ -12,6 +12,9 @@ in-distribution laws are learned empirically by calibration, so none needs a clo
 - ``class_distance``: ||z - mu_yhat||^2 / D, the latent distance to the predicted class mean: a
   class-conditional typicality test.  Adversarial inputs are pushed to a class's posterior
   without becoming typical samples of that class (two-sided).
+- ``logit_margin``: log q(top|x) - log q(second|x), the logit gap between the two most likely
+  classes: over-confidence (one-sided, upper).  The GC's margins are bounded by the geometry of
+  its class means; confident attacks go beyond them.
 """
 
 from __future__ import annotations
@@ -68,11 +71,17 @@ def _class_distance(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
     return outputs.squared_distances[np.arange(predicted.size), predicted] / outputs.dim
 
 
+def _logit_margin(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+    top_two = np.sort(outputs.log_posterior, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0]
+
+
 STATISTICS: dict[str, Callable[[ModelOutputs, np.ndarray], np.ndarray]] = {
     "typicality": _typicality,
     "complexity_corrected": _complexity_corrected,
     "max_posterior": _max_posterior,
     "class_distance": _class_distance,
+    "logit_margin": _logit_margin,
 }
 
 

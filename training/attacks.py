@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from training.attack_options import DETECT_STATISTICS
 from trustgc.scoring import LatentScores
-from trustgc.trust.calibration import Calibration
+from trustgc.trust.calibration import STATISTIC_SIDES, Calibration
 
 __all__ = [
     "AttackConfig",
@@ -115,7 +115,10 @@ class DetectionPenalty:
     - ``class_distance``: ||z - mu_yhat||^2 / D at the current prediction yhat (a component of
       the served attack statistic; yhat is the argmax, so the penalty is exactly the statistic
       the service computes for the iterate; the gradient flows through z, not the argmax);
-    - ``logit_margin``: the gap between the two largest logits (the other component).
+    - ``logit_margin``: the gap between the two largest logits (the other component).  Its
+      served test is one-sided (too large a margin), so only the excess above the mean is
+      penalised: a two-sided penalty would hold every iterate at its source class's typical
+      margin and stop the attack from ever crossing the decision boundary.
     """
 
     def __init__(self, statistics: dict[str, tuple[float, float]]) -> None:
@@ -150,7 +153,10 @@ class DetectionPenalty:
         total = torch.zeros_like(scores.log_likelihood)
         for name, value in self.values(scores).items():
             mean, std = self.statistics[name]
-            total = total + ((value - mean) / std) ** 2
+            z = (value - mean) / std
+            if STATISTIC_SIDES[name] == "upper":  # the served test only rejects large values:
+                z = z.clamp(min=0.0)  # an attacker gains nothing from pushing small ones up
+            total = total + z**2
         return total
 
 

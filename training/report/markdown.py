@@ -302,8 +302,9 @@ def _md_attacks(results: dict) -> list[str]:
         "against the "
         f"first {options['attack_clean']} clean test images.  Mean L2 over successful "
         "adversarials (8-bit images, [0, 1] pixel units).  AUC (%, clean vs successful "
-        "adversarials): the served attack p-value (two-sided class distance), the production "
-        "OoD p-value and the paper's two-sided typicality test; caught: share not accepted.",
+        "adversarials): the served attack p-value (`combined_attack`: class distance and logit "
+        "margin), the production OoD p-value and the paper's two-sided typicality test; caught: "
+        "share not accepted.",
         "",
     ]
     for name, row in attacks["models"].items():

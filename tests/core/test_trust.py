@@ -184,6 +184,21 @@ def test_max_posterior_keeps_the_digits_of_confident_posteriors() -> None:
     np.testing.assert_allclose(value[2], -log_posterior[2, 0], rtol=1e-12)  # not confident
 
 
+def test_logit_margin_is_the_gap_between_the_top_two_logits() -> None:
+    """log q(top|x) - log q(second|x) = l_top - l_second: the normaliser cancels, and so does
+    any shift of the logits; order within a row does not matter."""
+    logits = np.asarray([[2.0, -1.0, 0.5], [-400.0, -390.0, -395.5], [1.0, 1.0, -3.0]])
+    log_posterior = (
+        logits
+        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))[:, None]
+        - logits.max(1, keepdims=True)
+    )
+    outputs = ModelOutputs(log_posterior, None, None, None, dim=4)
+    np.testing.assert_allclose(
+        STATISTICS["logit_margin"](outputs, None), [1.5, 5.5, 0.0], atol=1e-12
+    )
+
+
 @pytest.mark.parametrize("statistic", PIXEL_FREE)
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_p_values_valid_on_the_models_own_mixture(mixture_statistics, statistic, alpha) -> None:

@@ -372,9 +372,10 @@ def _detect_paragraph(statistics: Sequence[str]) -> str:
     return (
         f"L_detect = sum over {names} of ((s(x) - mean) / std)^2, mean and std from the "
         f"calibration summary (`calibration.json`, components[s].summary): the squared z-score "
-        f"of {described}.  {threat}  The penalty is smooth, two-sided like the served tests and "
-        "about 1 per statistic on clean data; d = 66 and 1000 weigh it against ||delta||^2 "
-        "(about 0.1-1) and c times the logit margin."
+        f"of {described}.  {threat}  The penalty is smooth, two-sided like the served tests "
+        "(one-sided for `logit_margin`, whose served test only rejects large margins: only "
+        "the excess above the mean counts) and about 1 per statistic on clean data; d = 66 and "
+        "1000 weigh it against ||delta||^2 (about 0.1-1) and c times the logit margin."
     )
 
 

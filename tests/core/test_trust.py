@@ -45,7 +45,7 @@ from trustgc.trust.calibration import (
     save_calibration,
 )
 from trustgc.trust.predictor import Decision, Predictor
-from trustgc.trust.statistics import STATISTICS
+from trustgc.trust.statistics import STATISTICS, compute_statistics
 
 ALPHAS = (0.01, 0.05, 0.1)
 PIXEL_FREE = ("typicality", "class_distance", "max_posterior")  # no uint8 pixels needed
@@ -332,7 +332,9 @@ def test_predictor_p_values_formula(fitted, fresh_synthetic, predictor) -> None:
         -np.log(inner["complexity_corrected"]) - np.log(inner["max_posterior"]),
         -np.log(inner["typicality"]),
     )
-    attack_t = np.maximum(-np.log(inner["class_distance"]), -np.log(inner["logit_margin"]))
+    attack_t = np.maximum.reduce(
+        [-np.log(inner[name]) for name in ("class_distance", "logit_margin", "complexity_excess")]
+    )
     for name, t in ((PRODUCTION_OOD_STATISTIC, ood_t), (ATTACK_STATISTIC, attack_t)):
         combined = np.asarray(calibration.combined[name].sorted_scores)
         expected = (1 + (combined[None, :] >= t[:, None]).sum(1)) / (combined.size + 1)
@@ -348,9 +350,13 @@ def test_combined_statistic_formula() -> None:
     # max(-log(pc * pm), -log(pt)), by hand
     expected = [0.0, np.log(8.0), np.log(100.0), np.log(1e6)]
     np.testing.assert_allclose(combined_statistic(p), expected, rtol=1e-12)
-    attack = {"class_distance": np.asarray([1.0, 0.5, 1e-3]), "logit_margin": [0.25, 1.0, 0.1]}
-    # max(-log p_distance, -log p_margin), by hand
-    expected = [np.log(4.0), np.log(2.0), np.log(1e3)]
+    attack = {
+        "class_distance": np.asarray([1.0, 0.5, 1e-3, 0.9]),
+        "logit_margin": np.asarray([0.25, 1.0, 0.1, 0.9]),
+        "complexity_excess": np.asarray([1.0, 1.0, 0.5, 1e-5]),
+    }
+    # max(-log p_distance, -log p_margin, -log p_complexity_excess), by hand
+    expected = [np.log(4.0), np.log(2.0), np.log(1e3), np.log(1e5)]
     np.testing.assert_allclose(attack_combined_statistic(attack), expected, rtol=1e-12)
 
 
@@ -570,3 +576,25 @@ def test_old_calibration_format_is_refused_with_a_fix(tmp_path, fitted) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="run `trustgc calibrate"):
         load_calibration(tmp_path)
+
+
+def test_complexity_excess_is_the_other_tail_and_encodes_png_once(monkeypatch, fresh_synthetic):
+    import trustgc.trust.statistics as statistics_module
+
+    dataset, _ = fresh_synthetic
+    pixels = _nchw(dataset)[:30]
+    rng = np.random.default_rng(0)
+    outputs = ModelOutputs(
+        np.log(np.full((30, 4), 0.25)), rng.normal(-100, 5, 30), None, None, dim=64
+    )
+    calls = []
+    original = statistics_module.png_code_length_bits
+    monkeypatch.setattr(
+        statistics_module, "png_code_length_bits", lambda x: calls.append(1) or original(x)
+    )
+    both = compute_statistics(outputs, pixels, ["complexity_excess", "complexity_corrected"])
+    assert len(calls) == 1
+    np.testing.assert_array_equal(both["complexity_excess"], -both["complexity_corrected"])
+    assert STATISTIC_SIDES["complexity_excess"] == "upper"  # the lower tail of the other
+    with pytest.raises(ValueError, match="unknown statistics"):
+        compute_statistics(outputs, pixels, ["complexity_deficit"])

@@ -196,6 +196,7 @@ def test_ood_auc_targets(ood_aucs, ood_set: str, method: str, target: float) -> 
     [
         ("typicality", "ood_statistic", "ood_alpha"),
         ("logit_margin", "attack_statistic", "attack_alpha"),
+        ("complexity_excess", "attack_statistic", "attack_alpha"),
     ],
 )
 def test_one_extreme_component_is_enough_to_reject(predictor, extreme, served, alpha) -> None:

@@ -58,11 +58,12 @@ STATISTIC_SIDES: dict[str, Side] = {
     "max_posterior": "upper",
     "class_distance": "two_sided",
     "logit_margin": "upper",
+    "complexity_excess": "upper",
 }
 PAPER_STATISTIC = "typicality"
 OOD_COMPONENTS = ("complexity_corrected", "typicality", "max_posterior")
 PRODUCTION_OOD_STATISTIC = "combined_ood"
-ATTACK_COMPONENTS = ("class_distance", "logit_margin")
+ATTACK_COMPONENTS = ("class_distance", "logit_margin", "complexity_excess")
 ATTACK_STATISTIC = "combined_attack"
 #: How calibrations read p-values off their references (see trustgc.trust.pvalues).  "step",
 #: the exact conservative p-value: measured against ONNX Runtime on 1,000 test images, 995 get
@@ -155,15 +156,17 @@ def combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
 def attack_combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
     """The attack statistic (large T: suspected attack), a min-p (Tippett) test:
 
-        T = max( -log p_class_distance,  -log p_logit_margin )
+        T = max( -log p_class_distance,  -log p_logit_margin,  -log p_complexity_excess )
 
     class-conditional typicality (an input pushed into a class without becoming one of its
-    typical samples) and over-confidence: the GC's logit margin between its top two classes is
+    typical samples); over-confidence: the GC's logit margin between its top two classes is
     bounded by how far apart the class means lie, so on clean images it stays below about 7
-    (99th percentile of the shipped model); a confident attack (margin 10 asked for) lands
-    beyond anything clean, whatever else it keeps typical.
+    (99th percentile of the shipped model), and a confident attack (margin 10 asked for) lands
+    beyond anything clean, whatever else it keeps typical; and excess complexity: the
+    perturbation's pixel noise makes the image much harder for PNG than its (kept typical)
+    likelihood says.  Each catches attacks the others miss (docs/attacks.md).
     """
-    return np.maximum(-np.log(p_values["class_distance"]), -np.log(p_values["logit_margin"]))
+    return np.maximum.reduce([-np.log(p_values[name]) for name in ATTACK_COMPONENTS])
 
 
 #: The served combined statistics: name -> (components, T from their part-A p-values).

@@ -372,7 +372,7 @@ def gating_rows(
     with torch.inference_mode():
         outputs = model_outputs(model, tensor, 256, "cpu")
     stats = compute_statistics(outputs, pixels, names)
-    non_png = tuple(n for n in names if n != "complexity_corrected")
+    non_png = tuple(n for n in names if n not in ("complexity_corrected", "complexity_excess"))
     rows = []
     for count in threads:
         torch.set_num_threads(count)

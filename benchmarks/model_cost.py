@@ -36,7 +36,6 @@ import io
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,6 +51,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
+from machine import cpu_name, load_average  # noqa: E402
 from resnet import resnet50  # noqa: E402
 
 from trustgc.artifact import build_model, load_model  # noqa: E402
@@ -212,13 +212,6 @@ def time_rounds_raw(
                     break
             per_round[name].append(elapsed / count)
     return per_round
-
-
-def load_average() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
 
 
 # ------------------------------------------------------------------------------- sections
@@ -578,16 +571,6 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
@@ -613,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.now(UTC).isoformat(timespec="minutes"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs",
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",
         "torch": torch.__version__,
         "load_before": load_before,
         "size": size_rows(configs),

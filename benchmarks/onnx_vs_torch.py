@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
+
+from machine import cpu_name, load_average  # noqa: E402
 
 from trustgc.artifact import load_model  # noqa: E402
 from trustgc.onnx_backend import OnnxFlow, load_onnx_info  # noqa: E402
@@ -39,16 +41,6 @@ from trustgc.trust.calibration import load_calibration  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "model_store" / "fashion_mnist"
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks_onnx.md"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _time_rounds(functions: dict[str, callable], rounds: int, min_seconds: float) -> dict:
@@ -253,7 +245,7 @@ def render(rows, profile, parity_numbers, info, command: str, load_before, load_
         "",
         f"- Command: `{command}`",
         f"- Date: {datetime.now(UTC).isoformat(timespec='minutes')}",
-        f"- Machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} "
+        f"- Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}; OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}",
         f"- Load average (1 min) before / after: {load_before:.1f} / {load_after:.1f} "
@@ -425,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if info is None:
         parser.error(f"{args.model} has no onnx.json: run `trustgc export-onnx --model ...` first")
     info["path"] = args.model / "model.onnx"
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     rows = benchmark(
         args.model,
         [int(t) for t in args.threads.split(",")],
@@ -435,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     profile = profile_ops(args.model)
     parity_numbers = parity(args.model, args.parity_images) if args.parity_images else None
-    load_after = os.getloadavg()[0]
+    load_after = load_average()
     command = "python benchmarks/onnx_vs_torch.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )

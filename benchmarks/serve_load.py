@@ -41,7 +41,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from machine import cpu_name, load_average  # noqa: E402
 
 GC_DIR = REPO / "model_store" / "fashion_mnist"
 BASELINE_DIR = REPO / "runs" / "sweep" / "fashion_mnist_dc"
@@ -469,23 +471,6 @@ def build_store(store: Path, batch_sizes: list[int], max_batch_delay: int) -> di
     return archives
 
 
-def load_average() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def run(args: argparse.Namespace) -> dict:
     from serving.server import ServerSettings, TorchServe
 
@@ -547,7 +532,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "date": datetime.now(UTC).isoformat(timespec="minutes"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs",
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",
         "images": source,
         "duration": args.duration,
         "warmup": args.warmup,

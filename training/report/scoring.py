@@ -10,7 +10,7 @@ from training.report.options import ReportOptions
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.calibration import PAPER_STATISTIC
-from trustgc.trust.statistics import compute_statistics
+from trustgc.trust.statistics import STATISTICS, compute_statistics
 
 OOD_METHODS = ("production", "paper_two_sided", "one_sided_likelihood", "max_posterior")
 
@@ -31,7 +31,8 @@ def _score(model: _Model, images: np.ndarray, options: ReportOptions) -> dict[st
     outputs = model_outputs(model.network, pixels, options.batch_size, "cpu")
     scores = {"log_posterior": outputs.log_posterior}
     if model.predictor is None:
-        scores["max_posterior"] = -outputs.log_posterior.max(axis=1)
+        # the same doubt statistic as the GC's (it needs only the posteriors)
+        scores["max_posterior"] = STATISTICS["max_posterior"](outputs, None)
         return scores
     calibration = model.predictor.calibration
     names = sorted(calibration.components)

@@ -19,11 +19,9 @@ check fails.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (str(REPO_ROOT), str(REPO_ROOT / "benchmarks")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from traffic import closed_loop, fashion_png_images, free_ports  # noqa: E402
 
 DECISIONS = ("accepted", "rejected_ood", "flagged_attack", "invalid_input")
 INVALID_BODY = b"\x89PNG\r\n\x1a\n this is not really an image"
@@ -96,24 +96,9 @@ class LoadReport:
 # --------------------------------------------------------------------------- inputs
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(image, np.uint8).reshape(image.shape[0], image.shape[1])).save(
-        buffer, format="PNG"
-    )
-    return buffer.getvalue()
-
-
 def fashion_bodies(count: int = 256) -> list[bytes]:
     """The first ``count`` Fashion-MNIST test images as PNG (synthetic ones if absent)."""
-    try:
-        from training.data import load_dataset
-
-        images = load_dataset("fashion_mnist", "test").images[:count]
-        return [png_bytes(image[..., 0]) for image in images]
-    except Exception:  # noqa: BLE001 - no data set: random images keep the load test usable
-        rng = np.random.default_rng(0)
-        return [png_bytes(rng.integers(0, 256, (28, 28), dtype=np.uint8)) for _ in range(count)]
+    return fashion_png_images(count)[0]
 
 
 # --------------------------------------------------------------------------- requests
@@ -160,40 +145,26 @@ def run_load(
 ) -> list[Record]:
     """``clients`` closed-loop threads sending ``bodies`` round robin for ``duration`` s.
 
-    Every ``invalid_every``-th request of a client (0: none) sends a broken image instead.
+    Every ``invalid_every``-th request of a client (0: none) sends a broken image instead.  Each
+    client keeps its own keep-alive session.
     """
-    records: list[Record] = []
-    lock = threading.Lock()
-    start_barrier = threading.Barrier(clients + 1)
-    deadline: list[float] = [0.0]
+    sessions = [requests.Session() for _ in range(clients)]
 
-    def client(number: int) -> None:
-        own: list[Record] = []
-        with requests.Session() as session:
-            start_barrier.wait()
-            sent = 0
-            while time.monotonic() < deadline[0]:
-                valid = not (invalid_every and sent % invalid_every == invalid_every - 1)
-                body = bodies[(number * 7919 + sent) % len(bodies)] if valid else INVALID_BODY
-                started = time.monotonic()
-                status, outcome = send(session, body)
-                own.append(
-                    Record(started, time.monotonic() - started, status, outcome, valid, number)
-                )
-                sent += 1
-        with lock:
-            records.extend(own)
+    def request(client: int, sent: int) -> tuple[bool, tuple]:
+        valid = not (invalid_every and sent % invalid_every == invalid_every - 1)
+        body = bodies[(client * 7919 + sent) % len(bodies)] if valid else INVALID_BODY
+        return valid, send(sessions[client], body)
 
-    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    deadline[0] = time.monotonic() + duration
-    start_barrier.wait()
-    if on_start is not None:
-        on_start()
-    for thread in threads:
-        thread.join()
-    return sorted(records, key=lambda record: record.started)
+    try:
+        traffic = closed_loop(request, clients, duration, on_start)
+    finally:
+        for session in sessions:
+            session.close()
+    return [
+        Record(sample.started, sample.latency, status, outcome, valid, sample.client)
+        for sample in traffic.samples
+        for valid, (status, outcome) in [sample.result]
+    ]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -332,24 +303,11 @@ def load_test(
 # --------------------------------------------------------------------------- own server
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_own_server(run_dir: Path):
     """TorchServe with the production config on free loopback ports in ``run_dir``."""
     from serving.server import ServerSettings, TorchServe, runtime_properties
 
-    ports: dict[str, int] = {}
-    for name in ("inference", "management", "metrics", "grpc_inference", "grpc_management"):
-        port = _free_port()
-        while port in ports.values():
-            port = _free_port()
-        ports[name] = port
+    ports = free_ports(("inference", "management", "metrics", "grpc_inference", "grpc_management"))
     vmargs = runtime_properties(ServerSettings()).get("vmargs", "")
     temp_dir = run_dir / "tmp"
     settings = ServerSettings(

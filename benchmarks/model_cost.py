@@ -53,6 +53,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from machine import cpu_name, load_average  # noqa: E402
 from resnet import resnet50  # noqa: E402
+from timing import paired_ratio, time_rounds, time_rounds_raw  # noqa: E402
 
 from trustgc.artifact import build_model, load_model  # noqa: E402
 from trustgc.config import ModelConfig, load_model_config  # noqa: E402
@@ -168,50 +169,6 @@ def input_batch(model: nn.Module, batch: int, seed: int = 0) -> torch.Tensor:
 def gc_forward(model: nn.Module) -> Callable:
     """What serving computes: posteriors and likelihoods (``score``); logits for a classifier."""
     return model.score if hasattr(model, "score") else model
-
-
-# ---------------------------------------------------------------------------------- timing
-
-
-def time_rounds(
-    calls: dict[str, Callable[[], object]], rounds: int, seconds: float, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each callable, timed in alternating rounds."""
-    per_round = time_rounds_raw(calls, rounds, seconds, warmup)
-    return {name: statistics.median(values) for name, values in per_round.items()}
-
-
-def paired_ratio(per_round: dict[str, list[float]], numerator: str, denominator: str) -> float:
-    """Median over rounds of numerator / denominator time: each pair ran back to back, so slow
-    drifts of the machine's load cancel out of every ratio."""
-    pairs = zip(per_round[numerator], per_round[denominator], strict=True)
-    return statistics.median(a / b for a, b in pairs)
-
-
-def time_rounds_raw(
-    calls: dict[str, Callable[[], object]], rounds: int, seconds: float, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Seconds per call of each callable in each of ``rounds`` alternating rounds.
-
-    Each round runs every callable back to back for at least ``seconds`` (and at least once:
-    ``seconds=0`` gives one call per round); alternating spreads load from other processes over
-    all of them alike.
-    """
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    per_round: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(max(1, rounds)):
-        for name, call in calls.items():
-            count, started = 0, time.perf_counter()
-            while True:
-                call()
-                count += 1
-                elapsed = time.perf_counter() - started
-                if elapsed >= seconds:
-                    break
-            per_round[name].append(elapsed / count)
-    return per_round
 
 
 # ------------------------------------------------------------------------------- sections

@@ -18,10 +18,8 @@ import collections
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 
 from machine import cpu_name, load_average  # noqa: E402
+from timing import time_rounds  # noqa: E402
 
 from trustgc.artifact import load_model  # noqa: E402
 from trustgc.onnx_backend import OnnxFlow, load_onnx_info  # noqa: E402
@@ -41,25 +40,6 @@ from trustgc.trust.calibration import load_calibration  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "model_store" / "fashion_mnist"
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks_onnx.md"
-
-
-def _time_rounds(functions: dict[str, callable], rounds: int, min_seconds: float) -> dict:
-    """Median seconds per call of each function, timed in alternating rounds."""
-    for function in functions.values():  # warm-up: allocations, ORT's first-run planning
-        function()
-        function()
-    per_call: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, function in functions.items():
-            calls, started = 0, time.perf_counter()
-            while True:
-                function()
-                calls += 1
-                elapsed = time.perf_counter() - started
-                if elapsed >= min_seconds and calls >= 3:
-                    break
-            per_call[name].append(elapsed / calls)
-    return {name: statistics.median(values) for name, values in per_call.items()}
 
 
 def benchmark(model_dir: Path, threads: list[int], batches: list[int], rounds: int, seconds: float):
@@ -87,10 +67,12 @@ def benchmark(model_dir: Path, threads: list[int], batches: list[int], rounds: i
                 def head_only(z=z, logdet=logdet):
                     score_latents(z, logdet, model.head)
 
-                timing = _time_rounds(
+                timing = time_rounds(
                     {"torch": torch_score, "onnxruntime": onnx_score, "head": head_only},
                     rounds,
                     seconds,
+                    warmup=2,  # allocations, onnxruntime's first-run planning
+                    min_calls=3,
                 )
             rows.append(
                 {

@@ -23,12 +23,10 @@ and a markdown table.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -44,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from machine import cpu_name, load_average  # noqa: E402
+from traffic import closed_loop, fashion_png_images, free_ports  # noqa: E402
 
 GC_DIR = REPO / "model_store" / "fashion_mnist"
 BASELINE_DIR = REPO / "runs" / "sweep" / "fashion_mnist_dc"
@@ -154,29 +153,6 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ------------------------------------------------------------------------------- inputs
-
-
-def png_images(count: int) -> tuple[list[bytes], str]:
-    """PNG bytes of Fashion-MNIST test images (random pixels when the data set is absent)."""
-    from PIL import Image
-
-    try:
-        from training.data import load_fashion_mnist
-
-        images = load_fashion_mnist("test").images[:count, :, :, 0]
-        source = f"{len(images)} Fashion-MNIST test images"
-    except (OSError, ValueError, ImportError):
-        images = np.random.default_rng(0).integers(0, 256, (count, 28, 28), dtype=np.uint8)
-        source = f"{count} random 28x28 images (Fashion-MNIST test data not found)"
-    encoded = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        encoded.append(buffer.getvalue())
-    return encoded, source
-
-
 # ------------------------------------------------------------------------------ clients
 
 
@@ -247,49 +223,29 @@ def drive(
     """``concurrency`` threads send back to back for ``duration`` s: (result, elapsed, client CPU).
 
     Elapsed runs from the start to the last answer, so requests still in flight at the deadline
-    count fully; client CPU is this process's CPU seconds per wall second (all threads).
+    count fully; client CPU is this process's CPU seconds per wall second (all threads).  A
+    request that raises is a counted error, its message the error sample.
     """
+
+    def request(client: int, sequence: int) -> tuple[bool, bytes]:
+        try:
+            return send(images[(client * 97 + sequence) % len(images)])
+        except Exception as error:  # noqa: BLE001 - a failed request is a counted error
+            return False, repr(error).encode()
+
+    traffic = closed_loop(request, concurrency, duration)
     result = RunResult()
-    lock = threading.Lock()
-    start_barrier = threading.Barrier(concurrency + 1)
-    deadline_box: list[float] = []
-
-    def worker(index: int) -> None:
-        latencies, errors, position = [], 0, (index * 97) % len(images)
-        start_barrier.wait()
-        deadline = deadline_box[0]
-        while time.perf_counter() < deadline:
-            image = images[position]
-            position = (position + 1) % len(images)
-            began = time.perf_counter()
-            try:
-                ok, body = send(image)
-            except Exception as error:  # noqa: BLE001 - a failed request is a counted error
-                ok, body = False, repr(error).encode()
-            took = (time.perf_counter() - began) * 1e3
-            if ok:
-                latencies.append(took)
-                if result.first_answer is None:
-                    result.first_answer = body
-            else:
-                errors += 1
-                if result.error_sample is None:
-                    result.error_sample = body[:300].decode(errors="replace")
-        with lock:
-            result.latencies_ms.extend(latencies)
-            result.errors += errors
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    cpu_before = time.process_time()
-    started = time.perf_counter()
-    deadline_box.append(started + duration)
-    start_barrier.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    return result, elapsed, (time.process_time() - cpu_before) / elapsed
+    for sample in traffic.samples:
+        ok, body = sample.result
+        if ok:
+            result.latencies_ms.append(sample.latency * 1e3)
+            if result.first_answer is None:
+                result.first_answer = body
+        else:
+            result.errors += 1
+            if result.error_sample is None:
+                result.error_sample = body[:300].decode(errors="replace")
+    return result, traffic.elapsed, traffic.client_cpu
 
 
 ROLES = ("gc", "baseline")
@@ -431,22 +387,6 @@ def check_answer(body: bytes | None, role: str) -> str:
 # ------------------------------------------------------------------------------ servers
 
 
-def free_ports(host: str = "127.0.0.1") -> dict[str, int]:
-    """Five distinct ephemeral ports, free at the time of asking."""
-    ports: dict[str, int] = {}
-    sockets = []
-    try:
-        while len(ports) < len(PORT_NAMES):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind((host, 0))
-            sockets.append(probe)
-            ports[PORT_NAMES[len(ports)]] = int(probe.getsockname()[1])
-    finally:
-        for probe in sockets:
-            probe.close()
-    return ports
-
-
 def build_store(store: Path, batch_sizes: list[int], max_batch_delay: int) -> dict[str, Path]:
     """The four (or more) archives in ``store``; returns served name -> .mar path."""
     from serving.archive import build_archive
@@ -477,14 +417,14 @@ def run(args: argparse.Namespace) -> dict:
     if not (BASELINE_DIR / "model.json").is_file():
         raise SystemExit(f"the CNN baseline artifact {BASELINE_DIR} is missing")
     archives = build_store(args.store, args.batch_sizes, args.max_batch_delay)
-    images, source = png_images(args.images)
+    images, source = fashion_png_images(args.images)
     run_dir = Path(tempfile.mkdtemp(prefix="serve-load-", dir=args.run_root))
     settings = ServerSettings(
         model_store=args.store,
         models=",".join(f"{name}={path.name}" for name, path in archives.items()),
         run_dir=run_dir,
         auth=True,
-        ports=free_ports(),
+        ports=free_ports(PORT_NAMES),
     )
     server = TorchServe(settings)
     print(f"starting TorchServe in {run_dir} on {settings.ports}", flush=True)

@@ -63,7 +63,7 @@ def test_ratio_and_names(serve_load) -> None:
 
 
 def test_free_ports_are_distinct(serve_load) -> None:
-    ports = serve_load.free_ports()
+    ports = serve_load.free_ports(serve_load.PORT_NAMES)
     assert set(ports) == set(serve_load.PORT_NAMES)
     assert len(set(ports.values())) == len(ports)
 

@@ -22,6 +22,7 @@ from serving.errors import ErrorCode, InputError, http_status
 from serving.metrics import HandlerMetrics
 from serving.requests import RequestOptions, parse_request, wants_protobuf
 from serving.schema import build_response, error_response
+from trustgc.backend import choose_backend
 from trustgc.trust.predictor import Predictor
 
 __all__ = ["TrustGCHandler"]
@@ -41,6 +42,16 @@ def _headers(context, index: int) -> dict[str, Any]:
         return {}
 
 
+def backend_info(cache, model_name: str, backend: str) -> None:
+    """``gc_backend_info{ModelName, backend} = 1``: which backend runs f, for dashboards."""
+    from ts.metrics.metric_type_enum import MetricTypes
+
+    gauge = cache.add_metric_to_cache(
+        "gc_backend_info", "count", ["ModelName", "backend"], MetricTypes.GAUGE
+    )
+    gauge.add_or_update(1, [model_name, backend])
+
+
 class TrustGCHandler:
     """Loaded once per worker in :meth:`initialize`; :meth:`handle` answers one batch."""
 
@@ -56,7 +67,8 @@ class TrustGCHandler:
         threads = int(settings.get("torch_threads", os.environ.get("TRUSTGC_TORCH_THREADS", 1)))
         torch.set_num_threads(max(1, threads))
         model_dir = Path(context.system_properties["model_dir"])
-        backend = str(settings.get("backend", "torch"))  # or "onnxruntime": needs model.onnx
+        choice = choose_backend(model_dir, str(settings.get("backend", "auto")))
+        backend = choice.backend
         onnx_threads = int(settings.get("onnx_threads", os.environ.get("TRUSTGC_ONNX_THREADS", 1)))
         self.predictor = Predictor.from_artifact(
             model_dir, device="cpu", backend=backend, onnx_threads=max(1, onnx_threads)
@@ -73,10 +85,13 @@ class TrustGCHandler:
             if context.metrics
             else None
         )
+        if context.metrics:
+            backend_info(context.metrics, self.model_name, backend)
         logger.info(
-            "trustgc handler ready: model %s, backend %s, %d torch threads",
+            "trustgc handler ready: model %s, backend %s (%s), %d torch threads",
             self.model_name,
             backend,
+            choice.reason,
             threads,
         )
 

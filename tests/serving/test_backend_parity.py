@@ -1,4 +1,4 @@
-"""The served model answers the same with ``backend: onnxruntime`` as with the torch default.
+"""The served model answers the same with ``backend: onnxruntime`` (the default) as with torch.
 
 Two handlers are initialised from the same artifact with a fake TorchServe context (as in
 test_handler_unit.py), one with the model-config yaml ``trustgc: {backend: onnxruntime}``, and
@@ -122,7 +122,7 @@ def _assert_close(a: Any, b: Any, path: str, atol: float) -> None:
 
 @pytest.fixture(scope="module")
 def both(model_dir, requests):
-    torch_answers, torch_handler = _answers(model_dir, {}, requests)
+    torch_answers, torch_handler = _answers(model_dir, {"trustgc": {"backend": "torch"}}, requests)
     onnx_answers, onnx_handler = _answers(
         model_dir, {"trustgc": {"backend": "onnxruntime", "onnx_threads": 1}}, requests
     )
@@ -166,17 +166,25 @@ def test_floats_agree_to_float32_noise(both) -> None:
             _assert_close(space_a, space_b, "decision_space", 1e-3)
 
 
-def test_torch_stays_the_default(model_dir) -> None:
+def test_auto_is_the_default_and_falls_back_to_torch(model_dir, tmp_path) -> None:
+    """No backend setting: onnxruntime with a current model.onnx, torch without one."""
     from serving.handler import TrustGCHandler
 
+    without = tmp_path / "without_onnx"
+    shutil.copytree(model_dir, without)
+    (without / "model.onnx").unlink()
     threads = torch.get_num_threads()
     try:
         handler = TrustGCHandler()
         handler.initialize(FakeContext(model_dir, {"trustgc": {"torch_threads": 1}}))
+        fallback = TrustGCHandler()
+        fallback.initialize(FakeContext(without, {"trustgc": {"torch_threads": 1}}))
     finally:
         torch.set_num_threads(threads)
-    assert handler.predictor.backend == "torch"
-    assert not hasattr(handler.predictor.model, "session")
+    assert handler.predictor.backend == "onnxruntime"
+    assert hasattr(handler.predictor.model, "session")
+    assert fallback.predictor.backend == "torch"
+    assert not hasattr(fallback.predictor.model, "session")
 
 
 def test_unknown_backend_fails_at_initialisation(model_dir) -> None:

@@ -465,6 +465,35 @@ def test_decisions_follow_rule_on_a_mixed_batch(predictor, fresh_synthetic) -> N
 # ------------------------------------------------------------------------------ Predictor.predict
 
 
+def test_score_columns_equal_predict_image_by_image(predictor, fresh_synthetic) -> None:
+    """predict is score split per image: every field equals its column's row, bit for bit."""
+    dataset, _ = fresh_synthetic
+    rng = np.random.default_rng(1)
+    images = np.concatenate(
+        [dataset.images[:60], rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)]
+    )
+    pixels = pixels_to_tensor(images).numpy()
+    table = predictor.score(pixels, batch_size=32)
+    results = predictor.predict(pixels, batch_size=32)
+    assert len(table) == len(results) == 80
+    assert set(table.statistics) == set(predictor.calibration.components)
+    assert set(table.p_values) == set(table.statistics) | set(predictor.calibration.combined)
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(table.probabilities[i], result.probabilities)
+        np.testing.assert_array_equal(table.class_bits_per_dim[i], result.class_bits_per_dim)
+        assert table.bits_per_dim[i] == result.bits_per_dim
+        assert table.ood_p_value[i] == result.ood_p_value
+        assert table.attack_p_value[i] == result.attack_p_value
+        assert table.out_of_distribution[i] == result.out_of_distribution
+        assert table.attack_suspected[i] == result.attack_suspected
+        assert table.decisions[i] is result.decision
+        assert table.predicted_index[i] == result.predicted_index
+        assert {name: table.p_values[name][i] for name in table.statistics} == (
+            result.component_p_values
+        )
+    assert set(table.decisions) >= {Decision.ACCEPTED, Decision.REJECTED_OOD}
+
+
 def test_predict_outputs_match_the_model(predictor, fresh_synthetic) -> None:
     dataset, _ = fresh_synthetic
     pixels = _nchw(dataset)[:32]

@@ -1,8 +1,10 @@
 """The one prediction API: a batch of images in, per image a prediction and its trust evidence.
 
-Every server adapter (TorchServe handler, gRPC, CLI, evaluation) calls :meth:`Predictor.predict`.
-One forward pass gives posteriors and likelihoods; the p-values are binary searches in the
-stored reference distributions, so trust costs next to nothing beside the forward pass.
+Every server adapter (TorchServe handler, gRPC, CLI) calls :meth:`Predictor.predict`; every
+evaluation, report and benchmark calls its columnar form :meth:`Predictor.score` (a
+:class:`~trustgc.trust.table.ScoreTable`).  One forward pass gives posteriors and likelihoods;
+the p-values are binary searches in the stored reference distributions, so trust costs next to
+nothing beside the forward pass.
 
 Decision rule, in order: ``rejected_ood`` if the production OoD p-value is below ``ood_alpha``;
 else ``flagged_attack`` if the attack p-value is below ``attack_alpha``; else ``accepted``.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +27,18 @@ import torch
 from torch import nn
 
 from trustgc.artifact import ModelManifest, load_model
-from trustgc.inference import model_outputs
+from trustgc.inference import ModelOutputs, model_outputs
 from trustgc.scoring import bits_per_dim
 from trustgc.trust.calibration import COMBINATIONS, Calibration, load_calibration
 from trustgc.trust.statistics import compute_statistics
+from trustgc.trust.table import Decision, ScoreTable, decide
 
-__all__ = ["BACKENDS", "Decision", "Predictor", "TrustResult"]
+__all__ = ["BACKENDS", "Decision", "Predictor", "ScoreTable", "TrustResult"]
 
 BACKENDS = ("torch", "onnxruntime")  # what runs the network f; scoring is always torch
 NO_STATISTIC = "none"  # the statistic names a classifier's neutral trust fields carry
 
 logger = logging.getLogger(__name__)
-
-
-class Decision(StrEnum):
-    ACCEPTED = "accepted"
-    REJECTED_OOD = "rejected_ood"
-    FLAGGED_ATTACK = "flagged_attack"
 
 
 @dataclass(frozen=True)
@@ -176,88 +172,89 @@ class Predictor:
             p[name] = reference.p_value(combine(inner))
         return p
 
-    def predict(
-        self, pixels: np.ndarray, explain: bool | list[bool] = False, batch_size: int = 256
-    ) -> list[TrustResult]:
-        """uint8 images (B, C, H, W) in the model's input shape -> one result per image."""
+    def score(self, pixels: np.ndarray, batch_size: int = 256) -> ScoreTable:
+        """uint8 images (N, C, H, W) in the model's input shape -> one column per quantity.
+
+        The columnar form of :meth:`predict` (which is this plus a per-image split): posteriors,
+        bits/dim, every served statistic and its p-value, the combined OoD and attack p-values,
+        the flags and decisions, as arrays with one row per image.  Evaluations, reports and
+        benchmarks use it instead of rebuilding pixels -> statistics -> p-values themselves.
+        """
+        return self._score(pixels, batch_size, keep_latents=False)[0]
+
+    def _score(
+        self, pixels: np.ndarray, batch_size: int, keep_latents: bool
+    ) -> tuple[ScoreTable, ModelOutputs]:
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
             raise ValueError(
                 f"expected uint8 images of shape (B, {self.input_shape}), got "
                 f"{pixels.dtype} {pixels.shape}"
             )
+        outputs = model_outputs(
+            self.model, torch.from_numpy(pixels), batch_size, self.device, keep_latents
+        )
+        if not self.is_generative:
+            return self._classifier_table(outputs), outputs
+        calibration = self.calibration
+        statistics = compute_statistics(outputs, pixels, self._statistics)
+        p = self.p_values(statistics)
+        ood = p[calibration.ood_statistic] < calibration.ood_alpha
+        attack = p[calibration.attack_statistic] < calibration.attack_alpha
+        table = ScoreTable(
+            log_posterior=outputs.log_posterior,
+            probabilities=outputs.probabilities,
+            log_likelihood=outputs.log_likelihood,
+            class_bits_per_dim=bits_per_dim(outputs.class_log_likelihood, outputs.dim),
+            bits_per_dim=bits_per_dim(outputs.log_likelihood, outputs.dim),
+            statistics=statistics,
+            p_values=p,
+            ood_statistic=calibration.ood_statistic,
+            ood_alpha=calibration.ood_alpha,
+            attack_statistic=calibration.attack_statistic,
+            attack_alpha=calibration.attack_alpha,
+            out_of_distribution=ood,
+            attack_suspected=attack,
+            decisions=decide(ood, attack),
+        )
+        return table, outputs
+
+    @staticmethod
+    def _classifier_table(outputs: ModelOutputs) -> ScoreTable:
+        """Probabilities with neutral trust columns (see the module doc)."""
+        n = outputs.log_posterior.shape[0]
+        never = np.zeros(n, dtype=bool)
+        return ScoreTable(
+            log_posterior=outputs.log_posterior,
+            probabilities=outputs.probabilities,
+            log_likelihood=None,
+            class_bits_per_dim=np.empty((n, 0)),
+            bits_per_dim=np.zeros(n),
+            statistics={},
+            p_values={},
+            ood_statistic=NO_STATISTIC,
+            ood_alpha=0.0,
+            attack_statistic=NO_STATISTIC,
+            attack_alpha=0.0,
+            out_of_distribution=never,
+            attack_suspected=never,
+            decisions=decide(never, never),
+        )
+
+    def predict(
+        self, pixels: np.ndarray, explain: bool | list[bool] = False, batch_size: int = 256
+    ) -> list[TrustResult]:
+        """uint8 images (B, C, H, W) in the model's input shape -> one result per image.
+
+        :meth:`score` split per image, plus explanations for the images that ask for them
+        (generative models only).
+        """
         wants = [explain] * len(pixels) if isinstance(explain, bool) else list(explain)
         if len(wants) != len(pixels):
             raise ValueError(f"{len(wants)} explain flags for {len(pixels)} images")
-        if not self.is_generative:
-            return self._predict_classifier(pixels, batch_size)
-        outputs = model_outputs(
-            self.model, torch.from_numpy(pixels), batch_size, self.device, keep_latents=any(wants)
-        )
-        p = self.p_values(compute_statistics(outputs, pixels, self._statistics))
-        bpd = bits_per_dim(outputs.log_likelihood, outputs.dim)
-        class_bpd = bits_per_dim(outputs.class_log_likelihood, outputs.dim)
-        explanations = self._explanations(outputs, wants)
-        return [
-            self._result(
-                i, outputs.probabilities[i], class_bpd[i], float(bpd[i]), p, explanations.get(i)
-            )
-            for i in range(len(pixels))
-        ]
-
-    def _predict_classifier(self, pixels: np.ndarray, batch_size: int) -> list[TrustResult]:
-        """Probabilities with neutral trust fields; explanations need a generative model."""
-        outputs = model_outputs(self.model, torch.from_numpy(pixels), batch_size, self.device)
-        return [
-            TrustResult(
-                probabilities=probabilities,
-                class_bits_per_dim=np.empty(0),
-                bits_per_dim=0.0,
-                ood_statistic=NO_STATISTIC,
-                ood_p_value=1.0,
-                ood_alpha=0.0,
-                out_of_distribution=False,
-                component_p_values={},
-                attack_statistic=NO_STATISTIC,
-                attack_p_value=1.0,
-                attack_alpha=0.0,
-                attack_suspected=False,
-                decision=Decision.ACCEPTED,
-            )
-            for probabilities in outputs.probabilities
-        ]
-
-    def _result(
-        self, i: int, probabilities, class_bpd, bpd: float, p: dict[str, np.ndarray], explanation
-    ) -> TrustResult:
-        calibration = self.calibration
-        ood_p = float(p[calibration.ood_statistic][i])
-        attack_p = float(p[calibration.attack_statistic][i])
-        ood = ood_p < calibration.ood_alpha
-        attack = attack_p < calibration.attack_alpha
-        decision = (
-            Decision.REJECTED_OOD
-            if ood
-            else Decision.FLAGGED_ATTACK
-            if attack
-            else Decision.ACCEPTED
-        )
-        components = {name: float(p[name][i]) for name in self._statistics}
-        return TrustResult(
-            probabilities=probabilities,
-            class_bits_per_dim=class_bpd,
-            bits_per_dim=bpd,
-            ood_statistic=calibration.ood_statistic,
-            ood_p_value=ood_p,
-            ood_alpha=calibration.ood_alpha,
-            out_of_distribution=bool(ood),
-            component_p_values=components,
-            attack_statistic=calibration.attack_statistic,
-            attack_p_value=attack_p,
-            attack_alpha=calibration.attack_alpha,
-            attack_suspected=bool(attack),
-            decision=decision,
-            explanation=explanation,
-        )
+        keep = self.is_generative and any(wants)
+        table, outputs = self._score(pixels, batch_size, keep_latents=keep)
+        explanations = self._explanations(outputs, wants) if keep else {}
+        return [_row(table, i, explanations.get(i)) for i in range(len(table))]
 
     def _explanations(self, outputs, wants: list[bool]) -> dict[int, dict[str, Any]]:
         """Heatmaps and decision-space coordinates for the images that asked for them."""
@@ -279,3 +276,23 @@ class Predictor:
             }
             for row, index in enumerate(chosen)
         }
+
+
+def _row(table: ScoreTable, i: int, explanation: dict[str, Any] | None) -> TrustResult:
+    """Row ``i`` of a score table as one image's result."""
+    return TrustResult(
+        probabilities=table.probabilities[i],
+        class_bits_per_dim=table.class_bits_per_dim[i],
+        bits_per_dim=float(table.bits_per_dim[i]),
+        ood_statistic=table.ood_statistic,
+        ood_p_value=float(table.ood_p_value[i]),
+        ood_alpha=table.ood_alpha,
+        out_of_distribution=bool(table.out_of_distribution[i]),
+        component_p_values={name: float(table.p_values[name][i]) for name in table.statistics},
+        attack_statistic=table.attack_statistic,
+        attack_p_value=float(table.attack_p_value[i]),
+        attack_alpha=table.attack_alpha,
+        attack_suspected=bool(table.attack_suspected[i]),
+        decision=table.decisions[i],
+        explanation=explanation,
+    )

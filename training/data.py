@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from training.data_root import dataset_dir, require
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
@@ -33,7 +35,8 @@ __all__ = [
     "split_calibration",
 ]
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+# Debian's dataset-fashion-mnist unless $TRUSTGC_FASHION_MNIST says otherwise (training.data_root).
+FASHION_MNIST_DIR = dataset_dir("fashion_mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -172,7 +175,9 @@ def load_idx_dataset(data_dir: Path, split: str, class_names: Sequence[str]) -> 
 
 def load_fashion_mnist(split: str = "train", data_dir: Path | None = None) -> ImageDataset:
     """Fashion-MNIST (in-distribution set); defaults to the Debian package's directory."""
-    return load_idx_dataset(data_dir or FASHION_MNIST_DIR, split, FASHION_MNIST_CLASSES)
+    if data_dir is None:
+        data_dir = require("fashion_mnist", (split,))
+    return load_idx_dataset(data_dir, split, FASHION_MNIST_CLASSES)
 
 
 def load_mnist(split: str, data_dir: Path) -> ImageDataset:
@@ -376,7 +381,8 @@ def split_calibration(
 def load_dataset(name: str, split: str, data_dir: Path | None = None) -> ImageDataset:
     """Load a data set by registry name, so configs and CLIs can name data sets as strings.
 
-    "synthetic" ignores data_dir (seed 0 for train, 1 for test); "folder" reads
+    Without data_dir the set comes from the data root (training.data_root).  "synthetic"
+    ignores data_dir (seed 0 for train, 1 for test); "folder" reads
     data_dir/split if that folder exists, else data_dir; "cifar10" takes the archive, its
     extracted folder, or a folder holding cifar10-jpg.tgz.
     """
@@ -389,7 +395,9 @@ def load_dataset(name: str, split: str, data_dir: Path | None = None) -> ImageDa
     if name == "fashion_mnist":
         return load_fashion_mnist(split, data_dir)
     if data_dir is None:
-        raise DataError(f"data set {name!r} needs data_dir")
+        if name == "folder":
+            raise DataError("data set 'folder' needs data_dir")
+        data_dir = require(name, (split,))  # the data root; DataMissingError names `make data`
     data_dir = Path(data_dir)
     if name == "mnist":
         return load_mnist(split, data_dir)

@@ -15,7 +15,6 @@ from PIL import Image
 
 from training.data import (
     FASHION_MNIST_CLASSES,
-    FASHION_MNIST_DIR,
     DataError,
     ImageDataset,
     load_cifar10,
@@ -30,8 +29,6 @@ from training.data import (
     split_calibration,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-CIFAR_TGZ = SHARED_DATA / "cifar10" / "cifar10-jpg.tgz"
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 
 
@@ -42,11 +39,6 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
     payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
     path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
     return path
-
-
-def skip_unless(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent")
 
 
 # ---------------------------------------------------------------- IDX
@@ -184,8 +176,8 @@ def test_image_dataset_validation_and_subset() -> None:
 # ---------------------------------------------------------------- real data
 
 
-def test_fashion_mnist_real() -> None:
-    skip_unless(FASHION_MNIST_DIR)
+def test_fashion_mnist_real(data_set_dir) -> None:
+    data_set_dir("fashion_mnist", ("train", "test"))
     start = time.perf_counter()
     train = load_fashion_mnist("train")
     elapsed = time.perf_counter() - start
@@ -204,9 +196,9 @@ def test_fashion_mnist_real() -> None:
     assert load_dataset("fashion_mnist", "test").labels[:5].tolist() == [9, 2, 1, 1, 6]
 
 
-def test_mnist_real() -> None:
-    skip_unless(SHARED_DATA / "mnist")
-    ds = load_mnist("test", SHARED_DATA / "mnist")
+def test_mnist_real(data_set_dir) -> None:
+    mnist = data_set_dir("mnist")
+    ds = load_mnist("test", mnist)
     assert ds.images.shape == (10000, 28, 28, 1)
     assert ds.class_names[0] == "0"
     assert ds.class_names == tuple("0123456789")
@@ -224,23 +216,22 @@ def test_mnist_real() -> None:
     ]
     assert ds.labels[:5].tolist() == [7, 2, 1, 0, 4]
     with pytest.raises(DataError, match="train-images-idx3-ubyte"):
-        load_mnist("train", SHARED_DATA / "mnist")  # only the test split is shipped
+        load_mnist("train", mnist)  # only the test split is shipped
 
 
-def test_notmnist_real() -> None:
-    skip_unless(SHARED_DATA / "notmnist")
-    ds = load_dataset("notmnist", "test", SHARED_DATA / "notmnist")
+def test_notmnist_real(data_set_dir) -> None:
+    notmnist = data_set_dir("notmnist")
+    ds = load_dataset("notmnist", "test", notmnist)
     assert ds.images.shape == (10000, 28, 28, 1)
     assert ds.class_names == tuple("ABCDEFGHIJ")
     assert np.bincount(ds.labels).tolist() == [1000] * 10
-    np.testing.assert_array_equal(ds.labels, load_notmnist("test", SHARED_DATA / "notmnist").labels)
+    np.testing.assert_array_equal(ds.labels, load_notmnist("test", notmnist).labels)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("split", "per_class"), [("test", 1000), ("train", 5000)])
-def test_cifar10_real(split: str, per_class: int) -> None:
-    skip_unless(CIFAR_TGZ)
-    ds = load_cifar10(split, CIFAR_TGZ)
+def test_cifar10_real(split: str, per_class: int, data_set_dir) -> None:
+    ds = load_dataset("cifar10", split, data_set_dir("cifar10", (split,)))
     assert ds.images.shape == (10 * per_class, 32, 32, 3)
     assert ds.images.dtype == np.uint8
     assert ds.class_names == (
@@ -487,12 +478,28 @@ def test_split_calibration_bad_sizes() -> None:
 # ---------------------------------------------------------------- registry
 
 
+def test_load_dataset_defaults_to_the_data_root(tmp_path: Path, monkeypatch) -> None:
+    """Without data_dir a set comes from $TRUSTGC_DATA; missing, the error names `make data`."""
+    from training.data_root import DataMissingError
+
+    monkeypatch.setenv("TRUSTGC_DATA", str(tmp_path))
+    for name in ("mnist", "notmnist", "cifar10"):
+        with pytest.raises(DataMissingError, match=rf"'{name}' is missing in .*make data"):
+            load_dataset(name, "test")
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    (tmp_path / "mnist").mkdir()
+    write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.array([3, 7], np.uint8))
+    ds = load_dataset("mnist", "test")
+    np.testing.assert_array_equal(ds.images[..., 0], images)
+    assert ds.labels.tolist() == [3, 7]
+
+
 def test_load_dataset_registry_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"unknown data set 'imagenet'.*fashion_mnist.*folder"):
         load_dataset("imagenet", "train")
-    for name in ("mnist", "notmnist", "cifar10", "folder"):
-        with pytest.raises(DataError, match="needs data_dir"):
-            load_dataset(name, "test")
+    with pytest.raises(DataError, match="needs data_dir"):
+        load_dataset("folder", "test")
     with pytest.raises(DataError, match="split"):
         load_dataset("synthetic", "val")
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):

@@ -29,8 +29,8 @@ from torch import nn
 from trustgc.artifact import ModelManifest, load_model
 from trustgc.inference import ModelOutputs, model_outputs
 from trustgc.scoring import bits_per_dim
-from trustgc.trust.calibration import COMBINATIONS, Calibration, load_calibration
-from trustgc.trust.statistics import compute_statistics
+from trustgc.trust.calibration import Calibration, check_against_registry, load_calibration
+from trustgc.trust.statistics import COMBINATIONS, compute_statistics
 from trustgc.trust.table import Decision, ScoreTable, decide
 
 __all__ = ["BACKENDS", "Decision", "Predictor", "ScoreTable", "TrustResult"]
@@ -93,6 +93,7 @@ class Predictor:
             if onnx_path is None:
                 raise ValueError("backend 'onnxruntime' needs onnx_path (`trustgc export-onnx`)")
             self.model = OnnxFlow(onnx_path, self.model.head, onnx_threads).to(device)
+        check_against_registry(calibration)
         self.manifest = manifest
         self.calibration = calibration
         self.device = torch.device(device)
@@ -106,7 +107,7 @@ class Predictor:
         self._combined = {
             name: reference.reference() for name, reference in calibration.combined.items()
         }
-        self._statistics = tuple(sorted(calibration.components))
+        self._statistics = tuple(sorted(calibration.components))  # served: what was fitted
 
     def _init_classifier(
         self, model: nn.Module, manifest: ModelManifest, device: str | torch.device, backend: str
@@ -167,9 +168,12 @@ class Predictor:
         """Component p-values plus each combined statistic's (the served OoD and attack ones)."""
         p = {name: self._references[name].p_value(values) for name, values in statistics.items()}
         for name, reference in self._combined.items():
-            components, combine = COMBINATIONS[name]
-            inner = {c: self._combination_references[c].p_value(statistics[c]) for c in components}
-            p[name] = reference.p_value(combine(inner))
+            combination = COMBINATIONS[name]
+            inner = {
+                c: self._combination_references[c].p_value(statistics[c])
+                for c in combination.components
+            }
+            p[name] = reference.p_value(combination.combine(inner))
         return p
 
     def score(self, pixels: np.ndarray, batch_size: int = 256) -> ScoreTable:

@@ -1,7 +1,16 @@
-"""Per-image test statistics computed from one forward pass (and, for one, the raw pixels).
+"""The statistic registry: every trust statistic and combination, declared once.
 
-Each statistic is a function of a batch's :class:`~trustgc.inference.ModelOutputs`.  Their
-in-distribution laws are learned empirically by calibration, so none needs a closed form.
+Each :class:`Statistic` names its suspicious tail, its array form over a batch's
+:class:`~trustgc.inference.ModelOutputs` (and, for the complexity tests, the raw uint8 pixels),
+a differentiable torch form over :class:`~trustgc.scoring.LatentScores` for the attacks (or,
+where no gradient exists, the name of a smooth surrogate the attack code provides), a one-line
+description, and whether it is another statistic's negation.  Each :class:`Combination` names
+its components and how their p-values combine.  Calibration, p-values, the served components,
+the attacks' L_detect, the attack evaluation and the report all read this module: adding a
+statistic is one entry in :data:`STATISTICS` (plus its tests).
+
+The in-distribution laws are learned empirically by calibration, so no statistic needs a closed
+form.  Why each one exists:
 
 - ``typicality``: -log q(x) / D, nats per dimension: the paper's typicality test (two-sided).
 - ``complexity_corrected``: (-log2 q(x) - L(x)) / D with L(x) the image's length in bits under a
@@ -19,6 +28,9 @@ in-distribution laws are learned empirically by calibration, so none needs a clo
   likelihood says.  On natural images the two code lengths move together; an adversarial
   perturbation adds incompressible pixel noise (+1,200-1,400 bits of PNG on Fashion-MNIST)
   while the attacker keeps the likelihood typical.  PNG length has no gradient to follow.
+
+This module imports neither torch nor the model: the torch forms only call tensor methods (and
+import torch when first called), so option parsers can list the statistics cheaply.
 """
 
 from __future__ import annotations
@@ -26,13 +38,39 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from trustgc.inference import ModelOutputs
+from trustgc.trust.pvalues import Side
 
-__all__ = ["STATISTICS", "compute_statistics", "png_code_length_bits"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from trustgc.inference import ModelOutputs
+    from trustgc.scoring import LatentScores
+
+__all__ = [
+    "ATTACK_STATISTIC",
+    "COMBINATIONS",
+    "PNG_LENGTH_SURROGATE",
+    "PAPER_STATISTIC",
+    "PRODUCTION_OOD_STATISTIC",
+    "STATISTICS",
+    "Combination",
+    "Statistic",
+    "combination_components",
+    "compute_statistics",
+    "differentiable",
+    "png_code_length_bits",
+    "surrogate_of",
+    "torch_form_of",
+]
+
+#: Surrogate names the attack code can provide for statistics that have no gradient.
+PNG_LENGTH_SURROGATE = "png_length"
 
 
 def png_code_length_bits(pixels: np.ndarray) -> np.ndarray:
@@ -48,16 +86,73 @@ def png_code_length_bits(pixels: np.ndarray) -> np.ndarray:
     return lengths
 
 
-def _typicality(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+# ------------------------------------------------------------------------------ declarations
+
+ArrayForm = Callable[["ModelOutputs", "np.ndarray | None"], np.ndarray]
+TorchForm = Callable[["LatentScores"], "Tensor"]
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One per-image trust statistic; large or small values are suspicious as ``side`` says.
+
+    Exactly one of ``array`` (its own formula) and ``negation_of`` (the other tail of a
+    registered statistic, computed from it so that e.g. PNG runs once).  At most one of
+    ``torch_form`` (a differentiable form the attacks follow) and ``surrogate`` (the name of a
+    smooth stand-in the attack code provides where no gradient exists); a negation inherits
+    both from its source unless it declares its own.
+    """
+
+    name: str
+    side: Side
+    description: str
+    array: ArrayForm | None = None
+    torch_form: TorchForm | None = None
+    surrogate: str | None = None
+    negation_of: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.array is None) == (self.negation_of is None):
+            raise ValueError(f"statistic {self.name!r}: give exactly one of array, negation_of")
+        if self.torch_form is not None and self.surrogate is not None:
+            raise ValueError(f"statistic {self.name!r}: a torch form or a surrogate, not both")
+        if self.side not in ("upper", "lower", "two_sided"):
+            raise ValueError(f"statistic {self.name!r}: unknown side {self.side!r}")
+
+    def __call__(self, outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarray:
+        """The array form for a batch (a negation computes its source)."""
+        if self.negation_of is not None:
+            return -STATISTICS[self.negation_of](outputs, pixels)
+        return self.array(outputs, pixels)
+
+
+@dataclass(frozen=True)
+class Combination:
+    """A combined statistic T over component p-values; large T rejects (side ``upper``).
+
+    ``combine`` maps the components' p-values (name -> (N,)) to T (N,).  T is calibrated
+    empirically (see trustgc.trust.calibration), so it may combine correlated components.
+    """
+
+    name: str
+    components: tuple[str, ...]
+    combine: Callable[[dict[str, np.ndarray]], np.ndarray]
+    description: str
+
+
+# ------------------------------------------------------------------------------ array forms
+
+
+def _typicality(outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarray:
     return -outputs.log_likelihood / outputs.dim
 
 
-def _complexity_corrected(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+def _complexity_corrected(outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarray:
     model_bits = -outputs.log_likelihood / math.log(2.0) + 8.0 * outputs.dim  # 8-bit pixels
     return (model_bits - png_code_length_bits(pixels)) / outputs.dim
 
 
-def _max_posterior(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+def _max_posterior(outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarray:
     """-log q(top|x).  For a confident image q(top|x) = 1 - eps with eps ~ 1e-9: computed as
     -log1p(-sum of the other posteriors), every digit of eps survives, where 1 - eps would lose
     them; the ranking of confident images then rests on their posteriors, not on rounding."""
@@ -70,38 +165,217 @@ def _max_posterior(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
     return np.where(others < 0.5, -np.log1p(-np.minimum(others, 0.5)), direct)
 
 
-def _class_distance(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+def _class_distance(outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarray:
     predicted = outputs.log_posterior.argmax(axis=1)
     return outputs.squared_distances[np.arange(predicted.size), predicted] / outputs.dim
 
 
-def _logit_margin(outputs: ModelOutputs, pixels: np.ndarray) -> np.ndarray:
+def _logit_margin(outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarray:
     top_two = np.sort(outputs.log_posterior, axis=1)[:, -2:]
     return top_two[:, 1] - top_two[:, 0]
 
 
-STATISTICS: dict[str, Callable[[ModelOutputs, np.ndarray], np.ndarray]] = {
-    "typicality": _typicality,
-    "complexity_corrected": _complexity_corrected,
-    "max_posterior": _max_posterior,
-    "class_distance": _class_distance,
-    "logit_margin": _logit_margin,
+# ------------------------------------------------------------------------------ torch forms
+# The same formulas on LatentScores tensors, differentiable in the latents (argmax positions
+# are constants of the gradient, as in the served statistic).  tests/core/test_statistics.py
+# checks each against its array form on real model outputs.
+
+
+def _typicality_torch(scores: LatentScores) -> Tensor:
+    return -scores.log_likelihood / scores.dim
+
+
+def _max_posterior_torch(scores: LatentScores) -> Tensor:
+    import torch
+
+    log_posterior = scores.log_posterior
+    top = log_posterior.argmax(dim=1, keepdim=True)
+    others = log_posterior.scatter(1, top, -math.inf).exp().sum(dim=1)
+    direct = -log_posterior.gather(1, top)[:, 0]
+    return torch.where(others < 0.5, -torch.log1p(-others.clamp(max=0.5)), direct)
+
+
+def _class_distance_torch(scores: LatentScores) -> Tensor:
+    predicted = scores.log_posterior.argmax(dim=1, keepdim=True)
+    return scores.squared_distances.gather(1, predicted)[:, 0] / scores.dim
+
+
+def _logit_margin_torch(scores: LatentScores) -> Tensor:
+    top_two = scores.log_posterior.topk(2, dim=1).values
+    return top_two[:, 0] - top_two[:, 1]
+
+
+# ------------------------------------------------------------------------------ the registry
+
+STATISTICS: dict[str, Statistic] = {
+    statistic.name: statistic
+    for statistic in (
+        Statistic(
+            "typicality",
+            "two_sided",
+            "the paper's typicality score -log q(x)/D",
+            array=_typicality,
+            torch_form=_typicality_torch,
+        ),
+        Statistic(
+            "complexity_corrected",
+            "upper",
+            "model code length minus PNG code length per dimension (Serra et al.)",
+            array=_complexity_corrected,
+            surrogate=PNG_LENGTH_SURROGATE,
+        ),
+        Statistic(
+            "max_posterior",
+            "upper",
+            "the classifier's doubt -max_y log q(y|x)",
+            array=_max_posterior,
+            torch_form=_max_posterior_torch,
+        ),
+        Statistic(
+            "class_distance",
+            "two_sided",
+            "the latent distance to the predicted class mean ||z - mu_pred||^2/D (pred = the "
+            "argmax; the gradient flows through z)",
+            array=_class_distance,
+            torch_form=_class_distance_torch,
+        ),
+        Statistic(
+            "logit_margin",
+            "upper",
+            "the gap between the two largest logits (over-confidence)",
+            array=_logit_margin,
+            torch_form=_logit_margin_torch,
+        ),
+        Statistic(
+            "complexity_excess",
+            "upper",
+            "PNG code length beyond what the likelihood explains (-complexity_corrected)",
+            negation_of="complexity_corrected",
+        ),
+    )
 }
-#: Statistics that are another one's negation (the other tail as a one-sided upper test): each
-#: is computed from its source, so the PNG encoding behind both complexity tests runs once.
-NEGATED = {"complexity_excess": "complexity_corrected"}
+
+
+def _production_ood(p: dict[str, np.ndarray]) -> np.ndarray:
+    """T = max( -log p_complexity - log p_max_posterior,  -log p_typicality ).
+
+    A min-p (Tippett) test over two tests: Fisher's product of the complexity-corrected
+    likelihood and the classifier's doubt (catches simple images such as MNIST digits, which get
+    *higher* likelihood, and ambiguous ones), and the paper's two-sided typicality test (catches
+    noise, which no model or compressor explains).  A Fisher sum over all three would let a
+    component with p near 1 (noise looks "complex enough") dilute an extreme typicality p.
+    """
+    fisher = -np.log(p["complexity_corrected"]) - np.log(p["max_posterior"])
+    return np.maximum(fisher, -np.log(p["typicality"]))
+
+
+def _tippett(p: dict[str, np.ndarray]) -> np.ndarray:
+    """T = max over the components of -log p: a min-p (Tippett) test.
+
+    For the attack statistic: class-conditional typicality (an input pushed into a class
+    without becoming one of its typical samples); over-confidence (the GC's logit margin is
+    bounded by how far apart the class means lie: clean images stay below about 7, a confident
+    attack lands beyond anything clean, whatever else it keeps typical); and excess complexity
+    (the perturbation's pixel noise makes the image much harder for PNG than its likelihood
+    says).  Each catches attacks the others miss (docs/attacks.md).
+    """
+    return np.maximum.reduce([-np.log(values) for values in p.values()])
+
+
+#: Served roles: which statistic is the paper's test, which combinations are served for OoD
+#: rejection and for the attack flag.
+PAPER_STATISTIC = "typicality"
+PRODUCTION_OOD_STATISTIC = "combined_ood"
+ATTACK_STATISTIC = "combined_attack"
+
+COMBINATIONS: dict[str, Combination] = {
+    combination.name: combination
+    for combination in (
+        Combination(
+            PRODUCTION_OOD_STATISTIC,
+            ("complexity_corrected", "typicality", "max_posterior"),
+            _production_ood,
+            "max(Fisher(complexity_corrected, max_posterior), typicality)",
+        ),
+        Combination(
+            ATTACK_STATISTIC,
+            ("class_distance", "logit_margin", "complexity_excess"),
+            _tippett,
+            "min-p over class_distance, logit_margin and complexity_excess",
+        ),
+    )
+}
+
+
+def _check_registry() -> None:
+    """Every reference inside the registry resolves (run at import)."""
+    for statistic in STATISTICS.values():
+        if statistic.negation_of is not None:
+            source = STATISTICS.get(statistic.negation_of)
+            if source is None or source.negation_of is not None:
+                raise ValueError(f"{statistic.name}: {statistic.negation_of!r} is no source")
+    for combination in COMBINATIONS.values():
+        unknown = set(combination.components) - set(STATISTICS)
+        if unknown:
+            raise ValueError(f"{combination.name}: unknown components {sorted(unknown)}")
+    for role in (PRODUCTION_OOD_STATISTIC, ATTACK_STATISTIC):
+        if role not in COMBINATIONS:
+            raise ValueError(f"served combination {role!r} is not registered")
+    if PAPER_STATISTIC not in STATISTICS:
+        raise ValueError(f"paper statistic {PAPER_STATISTIC!r} is not registered")
+
+
+_check_registry()
+
+
+# ------------------------------------------------------------------------------ derived views
+
+
+def combination_components() -> tuple[str, ...]:
+    """Every statistic some combination uses (sorted)."""
+    return tuple(sorted({c for comb in COMBINATIONS.values() for c in comb.components}))
+
+
+def torch_form_of(name: str) -> TorchForm | None:
+    """The differentiable form of a statistic (a negation's: its source's, negated), or None."""
+    statistic = STATISTICS[name]
+    if statistic.torch_form is not None or statistic.negation_of is None:
+        return statistic.torch_form
+    source = STATISTICS[statistic.negation_of].torch_form
+    return None if source is None else (lambda scores: -source(scores))
+
+
+def surrogate_of(name: str) -> str | None:
+    """The surrogate a statistic without a torch form names (a negation inherits its source's)."""
+    statistic = STATISTICS[name]
+    if statistic.surrogate is not None or statistic.negation_of is None:
+        return statistic.surrogate
+    return STATISTICS[statistic.negation_of].surrogate
+
+
+def differentiable(names: tuple[str, ...] | list[str] | None = None) -> tuple[str, ...]:
+    """The statistics among ``names`` (default: all) that have a torch form, in order."""
+    chosen = tuple(STATISTICS) if names is None else tuple(names)
+    return tuple(name for name in chosen if torch_form_of(name) is not None)
 
 
 def compute_statistics(
-    outputs: ModelOutputs, pixels: np.ndarray, names: list[str] | tuple[str, ...]
+    outputs: ModelOutputs, pixels: np.ndarray | None, names: list[str] | tuple[str, ...]
 ) -> dict[str, np.ndarray]:
-    """The named statistics for a batch; ``pixels`` are the uint8 inputs (N, C, H, W)."""
+    """The named statistics for a batch; ``pixels`` are the uint8 inputs (N, C, H, W).
+
+    A negation is computed from its source, so the PNG encoding behind both complexity tests
+    runs once.
+    """
     if not outputs.is_generative:
         raise ValueError("trust statistics need a generative model (likelihoods)")
-    known = set(STATISTICS) | set(NEGATED)
-    unknown = set(names) - known
+    unknown = set(names) - set(STATISTICS)
     if unknown:
-        raise ValueError(f"unknown statistics {sorted(unknown)}; known: {sorted(known)}")
-    sources = {NEGATED.get(name, name) for name in names}
+        raise ValueError(f"unknown statistics {sorted(unknown)}; known: {sorted(STATISTICS)}")
+    sources = {STATISTICS[name].negation_of or name for name in names}
     computed = {name: STATISTICS[name](outputs, pixels) for name in sorted(sources)}
-    return {name: -computed[NEGATED[name]] if name in NEGATED else computed[name] for name in names}
+    out = {}
+    for name in names:
+        source = STATISTICS[name].negation_of
+        out[name] = -computed[source] if source else computed[name]
+    return out

@@ -5,7 +5,7 @@ import warnings
 
 from serving.grpc_stubs.org.pytorch.serve.grpc.management import management_pb2 as org_dot_pytorch_dot_serve_dot_grpc_dot_management_dot_management__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODEL_DIR := model_store/fashion_mnist
 PYTEST_ARGS ?=
+DATA_ARGS ?=
+TEST_DATA_SETS := mnist notmnist
 
 .DEFAULT_GOAL := help
 
@@ -18,12 +20,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install trustgc with its dev tools
+system-deps:  ## install the Debian packages the tests and targets use (apt-get; sudo if not root)
+	@scripts/install_system_deps.sh
 
-test: $(STAMP)  ## run the default test suite (no slow tests)
+setup: system-deps $(STAMP)  ## system packages, then .venv with trustgc and its dev tools
+
+data: $(STAMP)  ## fetch MNIST, notMNIST, CIFAR-10 into the data root ($$TRUSTGC_DATA), sha256-checked
+	$(PY) -m training.fetch_data $(DATA_ARGS)
+
+data-check: $(STAMP)  ## verify the data sets the tests read (sha256); names `make data` if one is missing
+	@$(PY) -m training.fetch_data --check --sets $(TEST_DATA_SETS)
+
+test: setup data-check  ## run the default test suite (no slow tests)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)  ## run the slow tests too
+test-slow: TEST_DATA_SETS += cifar10
+test-slow: setup data-check  ## run the slow tests too
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff check and format check
@@ -58,12 +70,19 @@ calibrate: $(STAMP)  ## refit the shipped model's p-value references (and the al
 alert-rules: $(STAMP)  ## regenerate the Prometheus alpha rules from calibration.json
 	$(PY) deploy/prometheus/render_rules.py
 
-deploy-check: $(STAMP)  ## validate Prometheus rules/config, Alertmanager and compose offline
+deploy-check: setup  ## validate Prometheus rules/config, Alertmanager and compose offline
 	$(PY) deploy/prometheus/render_rules.py --check
 	promtool check config deploy/prometheus/prometheus.yml
 	cd deploy/prometheus && promtool test rules tests/*.test.yml
 	amtool check-config deploy/alertmanager/alertmanager.yml
-	GRAFANA_ADMIN_PASSWORD=check docker-compose config -q
+	@if command -v docker-compose >/dev/null; then \
+		echo "docker-compose config -q"; GRAFANA_ADMIN_PASSWORD=check docker-compose config -q; \
+	elif command -v check-jsonschema >/dev/null; then \
+		check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml; \
+	else \
+		echo "deploy-check: no docker-compose (make setup installs it) and no check-jsonschema" \
+			"(pip install check-jsonschema) to validate docker-compose.yml" >&2; exit 1; \
+	fi
 
 train-default: $(STAMP)  ## retrain the shipped Fashion-MNIST model (hours on 2 CPU cores)
 	$(VENV)/bin/trustgc train --config fashion_mnist --out $(MODEL_DIR)
@@ -71,4 +90,4 @@ train-default: $(STAMP)  ## retrain the shipped Fashion-MNIST model (hours on 2 
 evaluate: $(STAMP)  ## test metrics of the shipped model
 	$(VENV)/bin/trustgc evaluate --model $(MODEL_DIR)
 
-.PHONY: help setup test test-slow lint serve start stop archive protos schema calibrate alert-rules deploy-check train-default evaluate
+.PHONY: help system-deps setup data data-check test test-slow lint serve start stop archive protos schema calibrate alert-rules deploy-check train-default evaluate

@@ -13,16 +13,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from serving import paths
 from trustgc.artifact import load_manifest
 from trustgc.trust.calibration import CALIBRATION_FILE
 
 __all__ = ["ARTIFACT_FILES", "OPTIONAL_ARTIFACT_FILES", "build_archive"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT_FILES = ("model.json", "weights.safetensors", CALIBRATION_FILE)
 # Packed when present: the exported flow for `backend: onnxruntime` (trustgc export-onnx).
 OPTIONAL_ARTIFACT_FILES = ("model.onnx", "onnx.json")
-DEFAULT_MODEL_CONFIG = REPO_ROOT / "deploy" / "torchserve" / "model-config.yaml"
 ENTRY = Path(__file__).resolve().parent / "torchserve_entry.py"
 
 
@@ -30,7 +29,7 @@ def build_archive(
     model_dir: Path,
     export_dir: Path,
     name: str | None = None,
-    model_config: Path = DEFAULT_MODEL_CONFIG,
+    model_config: Path | None = None,
     allow_uncalibrated: bool = False,
 ) -> Path:
     """Write ``export_dir/NAME.mar``; returns its path.
@@ -38,6 +37,8 @@ def build_archive(
     ``allow_uncalibrated`` packs a discriminative baseline (kind ``classifier``) without
     ``calibration.json``: it has no p-values (see trustgc.trust.predictor), so the benchmarks
     can serve it through the same handler.  A generative model always needs its calibration.
+    ``model_config`` defaults to the production yaml of the project directory
+    (:func:`serving.paths.model_config`).
     """
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
@@ -69,7 +70,7 @@ def build_archive(
             "--extra-files",
             ",".join(map(str, staged)),
             "--config-file",
-            str(model_config),
+            str(model_config or paths.model_config()),
             "--export-path",
             str(export_dir),
             "--force",

@@ -355,11 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     print("\n".join(report.lines()))
     if not report.ok:
-        print(
-            "Some sets are missing. Fix the network or pass --from DIR with the files, "
-            f"or point ${DATA_ENV} at a folder that has them.",
-            file=sys.stderr,
+        fix = (
+            "Fetch them with `make data` (python -m training.fetch_data)"
+            if args.check
+            else "Fix the network, or pass --from DIR with the files,"
         )
+        print(f"{fix} or point ${DATA_ENV} at a folder that has them.", file=sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from training.distributed import (
 from training.evaluate import evaluate_model
 from training.loss import ib_loss
 from training.model_card import write_model_card
+from training.train_options import TrainOptions
 from trustgc.artifact import ModelManifest, build_model, save_model, write_json
 from trustgc.config import ModelConfig, load_model_config
 from trustgc.preprocess import dequantize, pixels_to_tensor
@@ -49,29 +49,6 @@ METRICS_LOG = "train_log.jsonl"
 
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite; the last good checkpoint was kept."""
-
-
-@dataclass
-class TrainOptions:
-    """Command-line level options; config fields can be overridden here."""
-
-    config: str
-    out: Path
-    beta: float | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int | None = None
-    amp: bool | None = None
-    limit_train_samples: int | None = None
-    data_dir: Path | None = None
-    device: str = "auto"
-    resume: bool = False
-    time_budget_minutes: float | None = None
-    max_steps: int | None = None  # stop early after this many steps (tests); epoch-exact otherwise
-    evaluate: bool = True
-    progress: bool = True
-    command: str = field(default_factory=lambda: shlex.join(["trustgc", *sys.argv[1:]]))
 
 
 def _learning_rate(

@@ -25,15 +25,16 @@ WORKDIR /app
 # satisfied and pip never pulls the multi-GB CUDA build from PyPI.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
-# Editable install from /app: serving/server.py finds deploy/torchserve/ and model_store/ next
-# to the package (REPO_ROOT), which a plain install into site-packages would break.
+# Editable install from /app with the serving extra: serving/paths.py finds deploy/torchserve/
+# and model_store/ in the source checkout (a plain install would need TRUSTGC_HOME=/app).
 COPY pyproject.toml README.md ./
 COPY trustgc/ trustgc/
+COPY trustgc_cli/ trustgc_cli/
 COPY training/ training/
 COPY serving/ serving/
 COPY deploy/torchserve/ deploy/torchserve/
 COPY deploy/kubernetes/probe.py deploy/kubernetes/probe.py
-RUN pip install -e . \
+RUN pip install -e '.[serve]' \
     && python -c "import torch, ts, serving.handler; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 
 # The shipped model, baked in for Kubernetes; compose mounts ./model_store over it read-only.

@@ -18,8 +18,8 @@ import grpc
 import requests
 
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
+from serving.keys import read_keys
 from serving.schema import ClassificationResponse, ErrorResponse
-from serving.server import read_keys
 
 __all__ = ["ClassifierClient", "ClientError", "resolve_token"]
 

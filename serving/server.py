@@ -8,7 +8,6 @@ to the run directory, which is also where TorchServe writes ``key_file.json`` (t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,20 +19,21 @@ from pathlib import Path
 
 import requests
 
-__all__ = ["ServerSettings", "TorchServe", "read_keys"]
+from serving import paths
+from serving.keys import KEY_FILE, read_keys
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_TEMPLATE = REPO_ROOT / "deploy" / "torchserve" / "config.properties"
-METRICS_CONFIG = REPO_ROOT / "deploy" / "torchserve" / "metrics.yaml"
+__all__ = ["ServerSettings", "TorchServe", "read_keys"]
 
 
 @dataclass
 class ServerSettings:
-    """Where and how to run; defaults are the production config's."""
+    """Where and how to run; defaults are the production config's, with the files and folders
+    in the project directory (:func:`serving.paths.project_dir`: ``$TRUSTGC_HOME``, the source
+    checkout, or the working directory)."""
 
-    model_store: Path = REPO_ROOT / "model_store"
+    model_store: Path = field(default_factory=lambda: paths.project_dir() / "model_store")
     models: str = "fashion_mnist=fashion_mnist.mar"
-    run_dir: Path = REPO_ROOT / ".run" / "torchserve"
+    run_dir: Path = field(default_factory=lambda: paths.project_dir() / ".run" / "torchserve")
     auth: bool = True
     host: str = "127.0.0.1"
     ports: dict[str, int] = field(
@@ -46,6 +46,8 @@ class ServerSettings:
         }
     )
     overrides: dict[str, str] = field(default_factory=dict)
+    config_template: Path = field(default_factory=paths.config_template)
+    metrics_config: Path = field(default_factory=paths.metrics_config)
 
     def url(self, api: str) -> str:
         return f"http://{self.host}:{self.ports[api]}"
@@ -63,7 +65,7 @@ def _read_properties(path: Path) -> dict[str, str]:
 
 def runtime_properties(settings: ServerSettings) -> dict[str, str]:
     """The template's properties with this run's paths, ports and auth setting."""
-    properties = _read_properties(CONFIG_TEMPLATE)
+    properties = _read_properties(settings.config_template)
     host = settings.host
     properties.update(
         {
@@ -76,7 +78,7 @@ def runtime_properties(settings: ServerSettings) -> dict[str, str]:
             "grpc_management_port": str(settings.ports["grpc_management"]),
             "model_store": str(Path(settings.model_store).resolve()),
             "load_models": settings.models,
-            "metrics_config": str(METRICS_CONFIG),
+            "metrics_config": str(Path(settings.metrics_config).resolve()),
             "disable_token_authorization": "false" if settings.auth else "true",
             "python": sys.executable,
             # worker sockets and unpacked archives go to java's temp dir: one per instance
@@ -86,20 +88,6 @@ def runtime_properties(settings: ServerSettings) -> dict[str, str]:
         }
     )
     return properties
-
-
-def read_keys(run_dir: Path, timeout: float = 30.0) -> dict[str, str]:
-    """Inference and management keys from ``key_file.json`` (written non-atomically: retry)."""
-    path = Path(run_dir) / "key_file.json"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            keys = json.loads(path.read_text())
-            return {"inference": keys["inference"]["key"], "management": keys["management"]["key"]}
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no valid key file at {path} after {timeout:.0f} s") from None
-            time.sleep(0.2)
 
 
 class TorchServe:
@@ -144,7 +132,7 @@ class TorchServe:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         self.temp_dir.mkdir(exist_ok=True)
-        (run_dir / "key_file.json").unlink(missing_ok=True)
+        (run_dir / KEY_FILE).unlink(missing_ok=True)
         config = run_dir / "config.properties"
         config.write_text(
             "".join(f"{k}={v}\n" for k, v in runtime_properties(self.settings).items())
@@ -251,7 +239,7 @@ def _alive(pid: int) -> bool:
 
 
 def _announce(settings: ServerSettings, server: TorchServe) -> None:
-    key_file = settings.run_dir / "key_file.json"
+    key_file = settings.run_dir / KEY_FILE
     auth = ""
     if settings.auth:
         auth = (

@@ -122,7 +122,7 @@ def test_dockerfile_base_java_and_cpu_torch() -> None:
     runs = " ".join(args for name, args in instructions if name == "RUN")
     assert "openjdk-17-jre-headless" in runs
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in runs
-    assert runs.index("torch==2.13.0") < runs.index("pip install -e .")
+    assert runs.index("torch==2.13.0") < runs.index("pip install -e '.[serve]'")
 
 
 def test_dockerfile_command_serves_on_all_container_interfaces_with_auth(monkeypatch) -> None:

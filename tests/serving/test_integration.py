@@ -452,7 +452,7 @@ def test_requests_without_a_valid_token_are_refused(torchserve, fashion) -> None
 
 @pytest.mark.parametrize("over_grpc", [False, True])
 def test_cli_classify_prints_json(torchserve, client, fashion, tmp_path, capsys, over_grpc):
-    from trustgc.cli import main
+    from trustgc_cli.main import main
 
     path = tmp_path / "ankle_boot.png"
     path.write_bytes(png(fashion.images[0]))
@@ -469,7 +469,7 @@ def test_cli_classify_prints_json(torchserve, client, fashion, tmp_path, capsys,
 
 
 def test_cli_classify_reports_a_bad_image(torchserve, tmp_path, capsys) -> None:
-    from trustgc.cli import main
+    from trustgc_cli.main import main
 
     path = tmp_path / "broken.png"
     path.write_bytes(b"not an image at all")
@@ -481,7 +481,7 @@ def test_cli_classify_reports_a_bad_image(torchserve, tmp_path, capsys) -> None:
 
 
 def test_cli_classify_with_a_wrong_token_fails_cleanly(torchserve, tmp_path, capsys) -> None:
-    from trustgc.cli import main
+    from trustgc_cli.main import main
 
     path = tmp_path / "image.png"
     path.write_bytes(png(np.zeros((28, 28, 1), np.uint8)))

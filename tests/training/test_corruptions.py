@@ -18,7 +18,7 @@ from training.corruptions import (
     plasma_fractal,
 )
 from training.data import load_dataset, make_synthetic
-from trustgc.cli import main
+from trustgc_cli.main import main
 
 #: Types whose output does not depend on the seed (no random draw).
 DETERMINISTIC = {

@@ -146,7 +146,7 @@ def test_ddp_ranks_end_with_identical_parameters(tmp_path: Path) -> None:
 @pytest.mark.slow  # a second torchrun launch: 12-19 s on a busy 2-core machine
 def test_torchrun_cli_training_writes_one_artifact(tmp_path: Path) -> None:
     out = tmp_path / "ddp-model"
-    args = ["-m", "trustgc.cli", "train", "--config", "tiny", "--out", str(out)]
+    args = ["-m", "trustgc_cli", "train", "--config", "tiny", "--out", str(out)]
     args += ["--epochs", "1", "--no-evaluate", "--no-progress", "--device", "cpu"]
     _torchrun(args, tmp_path, "cli")
 

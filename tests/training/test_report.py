@@ -24,7 +24,7 @@ from training.report import (
     _write_idx_subset,
 )
 from training.trainer import TrainOptions, train
-from trustgc.cli import main
+from trustgc_cli.main import main
 
 TINY_BASELINE = {
     "model": {

@@ -22,7 +22,7 @@ from training.data import load_dataset, split_calibration
 from training.loss import IBLoss
 from training.trainer import TrainingDiverged, TrainOptions, train
 from trustgc.artifact import load_model, read_json
-from trustgc.cli import main
+from trustgc_cli.main import main
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
 
 # tiny: synthetic train split of 256 images minus 32 for calibration = 224; batch 32 -> 7 steps

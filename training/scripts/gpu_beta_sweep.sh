@@ -21,18 +21,18 @@ common=(--data-dir .carry/fashion-mnist --device cuda --batch-size 256 --lr 0.00
         --epochs "$EPOCH_CAP" --time-budget-minutes "$BUDGET_MINUTES" --no-progress)
 
 # Fail fast: a few steps of the real command before spending the budget.
-python3 -m trustgc.cli train --config fashion_mnist --out runs/smoke --max-steps 5 \
+python3 -m trustgc_cli train --config fashion_mnist --out runs/smoke --max-steps 5 \
     --limit-train-samples 2048 --no-evaluate "${common[@]}" > "$OUT/smoke.log" 2>&1 \
     || { cat "$OUT/smoke.log"; exit 1; }
 rm -rf runs/smoke
 
 pids=()
 for beta in $BETAS; do
-    python3 -m trustgc.cli train --config fashion_mnist --beta "$beta" \
+    python3 -m trustgc_cli train --config fashion_mnist --beta "$beta" \
         --out "runs/fashion_mnist_beta_$beta" "${common[@]}" > "runs/log_beta_$beta.txt" 2>&1 &
     pids+=($!)
 done
-python3 -m trustgc.cli train --config fashion_mnist_dc --out runs/fashion_mnist_dc \
+python3 -m trustgc_cli train --config fashion_mnist_dc --out runs/fashion_mnist_dc \
     "${common[@]}" > runs/log_dc.txt 2>&1 &
 pids+=($!)
 for pid in "${pids[@]}"; do wait "$pid" || echo "run $pid failed"; done

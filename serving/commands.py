@@ -1,0 +1,133 @@
+"""The serving subproject's ``trustgc`` subcommands: archive, serve, start, stop and classify.
+
+One decorated function per subcommand (see :mod:`trustgc_cli.registry`); each ``run`` imports
+its implementation when called, so ``classify`` works on a client-only install (no torch, no
+TorchServe) and ``trustgc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trustgc_cli.registry import CommandGroup, Subparsers
+
+__all__ = ["COMMANDS"]
+
+COMMANDS = CommandGroup("serving")
+
+SERVER_COMMANDS = {
+    "serve": "run TorchServe in the foreground (Ctrl-C stops it)",
+    "start": "start TorchServe in the background",
+    "stop": "stop a running TorchServe",
+}
+
+
+@COMMANDS.command
+def add_archive(commands: Subparsers) -> None:
+    parser = commands.add_parser("archive", help="build model_store/NAME.mar for TorchServe")
+    parser.add_argument("--model", type=Path, default=Path("model_store/fashion_mnist"))
+    parser.add_argument("--export-path", type=Path, default=Path("model_store"))
+    parser.add_argument("--name", help="archive and model name (default: the model's name)")
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        help="TorchServe model-config yaml (default: deploy/torchserve/model-config.yaml of the "
+        "project directory: $TRUSTGC_HOME, the source checkout, or the working directory)",
+    )
+    parser.set_defaults(run=run_archive)
+
+
+def run_archive(args: argparse.Namespace) -> int:
+    from serving.archive import build_archive
+
+    archive = build_archive(args.model, args.export_path, args.name, args.model_config)
+    print(f"wrote {archive}")
+    return 0
+
+
+@COMMANDS.command
+def add_server(commands: Subparsers) -> None:
+    for name, text in SERVER_COMMANDS.items():
+        parser = commands.add_parser(name, help=text)
+        parser.add_argument(
+            "--no-auth", action="store_true", help="turn token auth off (local experiments only)"
+        )
+        parser.add_argument("--model-store", type=Path)
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="address to bind (default loopback; 0.0.0.0 only in a container)",
+        )
+        parser.set_defaults(run=run_server)
+
+
+def server_settings(args: argparse.Namespace):
+    """The launcher's settings from the flags (the rest: ServerSettings' documented defaults)."""
+    from serving.server import ServerSettings
+
+    settings = ServerSettings(auth=not args.no_auth, host=args.host)
+    if args.model_store:
+        settings.model_store = args.model_store
+    return settings
+
+
+def run_server(args: argparse.Namespace) -> int:
+    from serving.server import run_foreground, start_background, stop_server
+
+    settings = server_settings(args)
+    if args.command == "serve":
+        return run_foreground(settings)
+    if args.command == "start":
+        return start_background(settings)
+    return stop_server(settings)
+
+
+@COMMANDS.command
+def add_classify(commands: Subparsers) -> None:
+    parser = commands.add_parser("classify", help="classify image files with a running server")
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
+    parser.add_argument("--json", action="store_true", help="print the JSON answers")
+    parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--model", default="fashion_mnist")
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--grpc-target", default="127.0.0.1:7070")
+    parser.add_argument("--token", help="inference key (default: $TRUSTGC_TOKEN or key file)")
+    parser.add_argument("--key-file", type=Path, default=Path(".run/torchserve/key_file.json"))
+    parser.set_defaults(run=run_classify)
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from serving.client import ClassifierClient, resolve_token
+    from serving.schema import ErrorResponse
+
+    client = ClassifierClient(
+        model=args.model,
+        http_url=args.url,
+        grpc_target=args.grpc_target,
+        token=resolve_token(args.token, args.key_file),
+    )
+    failures = 0
+    if not args.json:
+        print(
+            f"{'image':<28}{'decision':<16}{'prediction':<16}{'prob.':>7}{'OoD p':>9}"
+            f"{'attack p':>10}{'bits/dim':>10}"
+        )
+    for path in args.images:
+        answer = client.classify(
+            path.read_bytes(), explain=args.explain, top_k=args.top_k, use_grpc=args.grpc
+        )
+        if args.json:
+            print(answer.model_dump_json(exclude_none=True, indent=2))
+        elif isinstance(answer, ErrorResponse):
+            print(f"{path.name:<28}error: {answer.error.code}: {answer.error.message}")
+        else:
+            print(
+                f"{path.name:<28}{answer.decision:<16}{answer.prediction.label:<16}"
+                f"{answer.prediction.probability:>7.3f}{answer.typicality.p_value:>9.4f}"
+                f"{answer.attack.p_value:>10.4f}{answer.log_likelihood.bits_per_dim:>10.3f}"
+            )
+        failures += isinstance(answer, ErrorResponse)
+    return 1 if failures else 0

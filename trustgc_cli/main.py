@@ -1,0 +1,53 @@
+"""The ``trustgc`` entry point: one parser assembled from every subproject's subcommands.
+
+Each group in :data:`COMMAND_GROUPS` is a module with a ``COMMANDS`` :class:`CommandGroup`; a new
+subcommand is one decorated function in its owner's module, a new group one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from trustgc_cli.registry import CommandGroup
+
+__all__ = ["COMMAND_GROUPS", "build_parser", "main"]
+
+#: Modules whose ``COMMANDS`` make up the command line, in the order ``--help`` lists them.
+COMMAND_GROUPS = ("training.commands", "trustgc_cli.core_commands", "serving.commands")
+#: Packages whose errors are failures of a server or the network, reported without a traceback.
+_SERVICE_ERRORS = {"serving", "requests", "grpc"}
+
+
+def command_groups() -> list[CommandGroup]:
+    """Every group's ``COMMANDS`` (importing a commands module imports no implementation)."""
+    return [importlib.import_module(name).COMMANDS for name in COMMAND_GROUPS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trustgc", description="The trustgc command line: one subcommand per job."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in command_groups():
+        group.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, TimeoutError, ConnectionError) as error:
+        print(f"trustgc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # client/server failures: a message, not a traceback
+        if type(error).__module__.split(".")[0] not in _SERVICE_ERRORS:
+            raise
+        print(f"trustgc {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

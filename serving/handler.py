@@ -21,7 +21,8 @@ from serving.decode import DecodeLimits, decode_image
 from serving.errors import ErrorCode, InputError, http_status
 from serving.metrics import HandlerMetrics
 from serving.requests import RequestOptions, parse_request, wants_protobuf
-from serving.schema import build_response, error_response
+from serving.responses import build_response
+from serving.schema import error_response
 from trustgc.backend import choose_backend
 from trustgc.trust.predictor import Predictor
 

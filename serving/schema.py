@@ -1,4 +1,8 @@
-"""The versioned response schema (pydantic v2) and the conversion from the core's results.
+"""The versioned response schema (pydantic v2): what the server answers and the client parses.
+
+Free of torch and of the core on purpose: the client SDK (``pip install 'trustgc[client]'``)
+imports it to validate answers.  The conversion from the core's results lives in
+:mod:`serving.responses`, which only the handler imports.
 
 A rejected input is a normal answer with ``decision = rejected_ood``; only inputs that cannot be
 classified at all (undecodable, too large, bad parameters) get an :class:`ErrorResponse`.
@@ -9,16 +13,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-
-from trustgc.trust.predictor import TrustResult
 
 __all__ = [
     "SCHEMA_VERSION",
     "ClassificationResponse",
     "ErrorResponse",
-    "build_response",
     "error_response",
 ]
 
@@ -102,68 +102,6 @@ class ErrorDetail(_Model):
 
 class ErrorResponse(_Model):
     error: ErrorDetail
-
-
-def _explanation(result: TrustResult, class_names: tuple[str, ...], top: list[int]) -> Explanation:
-    explanation = result.explanation or {}
-    maps = explanation["posterior_heatmaps"]
-    space = explanation["decision_space"]
-    return Explanation(
-        posterior_heatmaps=[
-            HeatMap(label=class_names[i], index=i, values=maps[i].tolist()) for i in top
-        ],
-        decision_space=DecisionSpace(
-            classes=[int(c) for c in space["classes"]],
-            means_xy=np.asarray(space["means_xy"]).tolist(),
-            z_xy=np.asarray(space["z_xy"]).tolist(),
-            residual_distance=float(space["residual_distance"]),
-            radius_horizontal=float(space["radius_horizontal"]),
-            radius_vertical=float(space["radius_vertical"]),
-        ),
-    )
-
-
-def build_response(
-    result: TrustResult,
-    model_name: str,
-    model_version: str,
-    class_names: tuple[str, ...],
-    top_k: int,
-) -> ClassificationResponse:
-    """The API answer for one image from the core's :class:`TrustResult`."""
-    order = [int(i) for i in np.argsort(-result.probabilities, kind="stable")[:top_k]]
-    probabilities = [
-        ClassProbability(
-            label=class_names[i], index=i, probability=float(min(1.0, result.probabilities[i]))
-        )
-        for i in order
-    ]
-    return ClassificationResponse(
-        model=ModelInfo(name=model_name, version=model_version),
-        decision=result.decision.value,
-        prediction=probabilities[0],
-        probabilities=probabilities,
-        log_likelihood=LogLikelihood(
-            bits_per_dim=result.bits_per_dim,
-            per_class_bits_per_dim=[float(v) for v in result.class_bits_per_dim],
-        ),
-        typicality=Typicality(
-            p_value=result.ood_p_value,
-            alpha=result.ood_alpha,
-            out_of_distribution=result.out_of_distribution,
-            statistic=result.ood_statistic,
-            components=result.component_p_values,
-        ),
-        attack=Attack(
-            p_value=result.attack_p_value,
-            alpha=result.attack_alpha,
-            suspected=result.attack_suspected,
-            statistic=result.attack_statistic,
-        ),
-        explanation=(
-            _explanation(result, class_names, order) if result.explanation is not None else None
-        ),
-    )
 
 
 def error_response(code: str, message: str) -> ErrorResponse:

@@ -28,6 +28,8 @@ import pytest
 import requests
 import yaml
 
+from training.data_root import DataMissingError, require
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.rules.yml"))
@@ -36,7 +38,6 @@ RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.rules.yml"))
 MODEL_STORE = Path(os.environ.get("TRUSTGC_TEST_MODEL_STORE", REPO_ROOT / "model_store"))
 MAR_FILE = MODEL_STORE / "fashion_mnist.mar"
 MODEL_NAME = "fashion_mnist"
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 SCRAPE_JOB = "trustgc-torchserve"  # the job name the alert rules match
 JAVA_PROCESS = "org.pytorch.serve.ModelServer"
 PREFERRED_PORTS = {
@@ -51,22 +52,19 @@ PREFERRED_PORTS = {
 # ----------------------------------------------------------------------------- skip reasons
 def torchserve_skip_reason() -> str | None:
     if shutil.which("java") is None:
-        return "TorchServe needs java (Java 17) on PATH; none found"
+        return "TorchServe needs java (Java 17) on PATH; none found (make setup installs it)"
     if not MAR_FILE.is_file():
         return f"the model archive {MAR_FILE} is missing (build it with `make archive`)"
-    from training.data import FASHION_MNIST_DIR
-
-    if not any((FASHION_MNIST_DIR / f"t10k-images-idx3-ubyte{s}").is_file() for s in (".gz", "")):
-        return (
-            f"Fashion-MNIST test data missing in {FASHION_MNIST_DIR} "
-            "(apt-get install dataset-fashion-mnist)"
-        )
+    try:
+        require("fashion_mnist")
+    except DataMissingError as error:
+        return str(error)
     return None
 
 
 def prometheus_skip_reason() -> str | None:
     if shutil.which("prometheus") is None:
-        return "the prometheus binary is missing (apt-get install prometheus)"
+        return "the prometheus binary is missing (make setup installs Debian's prometheus)"
     return None
 
 

@@ -20,7 +20,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RULE_FILES = sorted((REPO_ROOT / "deploy" / "prometheus" / "rules").glob("*.rules.yml"))
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 ALERT = "TrustGCOODRejectionRateHigh"
 WINDOW = "20s"  # replaces every [5m]
 FOR = "5s"  # replaces every `for:`
@@ -107,14 +106,13 @@ def _state(alerts: list[dict], name: str) -> str:
 
 @pytest.mark.integration
 def test_ood_rejection_alert_fires_on_mnist_and_clears(
-    served_model, start_prometheus, tmp_path
+    served_model, start_prometheus, tmp_path, data_set_dir
 ) -> None:
-    if not MNIST_DIR.is_dir():
-        pytest.skip(f"MNIST test set missing in {MNIST_DIR}")
+    mnist_dir = data_set_dir("mnist")
     from training.data import load_dataset
 
     fashion = served_model.fashion_images(600)
-    mnist = served_model.png(load_dataset("mnist", "test", MNIST_DIR).images[:600])
+    mnist = served_model.png(load_dataset("mnist", "test", mnist_dir).images[:600])
     rules = shortened_rules(tmp_path / "rules")
     began = time.monotonic()
     report: dict[str, object] = {}

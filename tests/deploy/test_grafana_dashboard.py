@@ -19,7 +19,6 @@ DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDERS = GRAFANA_DIR / "provisioning" / "dashboards" / "trustgc.yml"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 RULE_FILES = sorted((REPO_ROOT / "deploy" / "prometheus" / "rules").glob("*.rules.yml"))
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 MODEL = "fashion_mnist"
 # Grafana's variables, as Grafana would fill them in for a 5-minute view
 SUBSTITUTIONS = {
@@ -123,17 +122,16 @@ def test_provisioning_matches_dashboard_and_compose() -> None:
 
 # ------------------------------------------------------- real TorchServe + real Prometheus
 @pytest.fixture(scope="module")
-def prometheus(served_model, start_prometheus, tmp_path_factory):
+def prometheus(served_model, start_prometheus, tmp_path_factory, data_set_dir):
     """Prometheus that scraped TorchServe while it answered in- and out-of-distribution
     images and one invalid request, with the project's recording and alert rules loaded."""
-    if not MNIST_DIR.is_dir():
-        pytest.skip(f"MNIST test set missing in {MNIST_DIR}")
+    mnist_dir = data_set_dir("mnist")
     from training.data import load_dataset
 
     directory = tmp_path_factory.mktemp("prometheus-dashboard")
     with start_prometheus(directory, served_model.metrics_target, RULE_FILES) as server:
         server.wait_for('up{job="trustgc-torchserve"} == 1', 30, "first scrape")
-        mnist = load_dataset("mnist", "test", MNIST_DIR).images[:20]
+        mnist = load_dataset("mnist", "test", mnist_dir).images[:20]
         served_model.classify_all(served_model.fashion_images(60))
         served_model.classify_all(served_model.png(mnist))
         assert served_model.client().classify(b"not an image").error.code

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from training.data_root import DataMissingError, require
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "model_store" / "fashion_mnist"
 MAR_FILE = REPO_ROOT / "model_store" / "fashion_mnist.mar"
 MODEL_NAME = "fashion_mnist"
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 PREFERRED_PORTS = {
     "inference": 18080,
     "management": 18081,
@@ -37,18 +38,13 @@ JAVA_PROCESS = "org.pytorch.serve.ModelServer"
 def integration_skip_reason() -> str | None:
     """Why the integration tests cannot run here, or None when they can."""
     if shutil.which("java") is None:
-        return "TorchServe needs java (Java 17) on PATH; none found"
+        return "TorchServe needs java (Java 17) on PATH; none found (make setup installs it)"
     if not MAR_FILE.is_file():
         return f"the model archive {MAR_FILE} is missing (build it with `make archive`)"
     try:
-        from training.data import FASHION_MNIST_DIR
-    except ImportError as error:  # pragma: no cover - broken install
-        return f"cannot import training.data: {error}"
-    if not any((FASHION_MNIST_DIR / f"t10k-images-idx3-ubyte{s}").is_file() for s in (".gz", "")):
-        return (
-            f"Fashion-MNIST test data missing in {FASHION_MNIST_DIR} "
-            "(apt-get install dataset-fashion-mnist)"
-        )
+        require("fashion_mnist")
+    except DataMissingError as error:
+        return str(error)
     return None
 
 

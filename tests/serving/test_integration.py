@@ -39,7 +39,6 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "model_store" / "fashion_mnist"
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 N_EVAL = 200
 N_MNIST = 200
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -139,10 +138,8 @@ def fashion():
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST test set missing in {MNIST_DIR}")
-    return load_mnist("test", MNIST_DIR)
+def mnist(data_set_dir):
+    return load_mnist("test", data_set_dir("mnist"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from training.data import ImageDataset, load_dataset, split_calibration
-from trustgc.artifact import load_model
+from trustgc.artifact import load_model, weights_sha256
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.calibration import (
@@ -65,6 +65,7 @@ def calibrate_artifact(
     deviation of about sqrt(alpha / |B|); A only needs to resolve p-values down to ~1/|A|.
     """
     torch.set_grad_enabled(False)
+    digest = weights_sha256(model_dir)  # before loading: the hash of the weights actually used
     model, manifest = load_model(model_dir, device)
     calibration_set = calibration_split(manifest.training, data_dir)
     order = np.random.default_rng(seed).permutation(len(calibration_set))
@@ -80,6 +81,6 @@ def calibrate_artifact(
     }
     calibration = fit_calibration(
         statistics_a, statistics_b, ood_alpha, attack_alpha, split, interpolation
-    )
+    ).model_copy(update={"weights_sha256": digest})
     save_calibration(model_dir, calibration)
     return calibration

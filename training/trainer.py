@@ -37,7 +37,7 @@ from training.evaluate import evaluate_model
 from training.loss import ib_loss
 from training.model_card import write_model_card
 from training.train_options import TrainOptions
-from trustgc.artifact import ModelManifest, build_model, save_model, write_json
+from trustgc.artifact import ModelManifest, build_model, remove_derived, save_model, write_json
 from trustgc.config import ModelConfig, load_model_config
 from trustgc.preprocess import dequantize, pixels_to_tensor
 
@@ -279,6 +279,13 @@ def _finish(options, model, model_config, config, split, class_names, state, con
     manifest = ModelManifest(
         name=model_config.name, config=model_config, class_names=class_names, training=training_meta
     )
+    removed = remove_derived(options.out)  # made from the previous weights: never serve them
+    if removed:
+        print(
+            f"removed {', '.join(removed)} of the previous weights in {options.out}: "
+            f"run `trustgc calibrate --model {options.out}` before serving",
+            file=sys.stderr,
+        )
     save_model(options.out, model, manifest)
     write_json(options.out / "metrics.json", {"test": metrics})
     write_model_card(options.out, manifest, metrics)

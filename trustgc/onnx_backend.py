@@ -20,7 +20,6 @@ A ``model.onnx`` older than the weights is refused, never silently paired with a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import warnings
@@ -35,6 +34,8 @@ from torch import Tensor, nn
 from trustgc.artifact import (
     WEIGHTS_FILE,
     ArtifactError,
+    check_derived,
+    file_sha256,
     load_model,
     read_json,
     write_json,
@@ -82,14 +83,6 @@ class _FlowGraph(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.flow(x)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -230,7 +223,7 @@ def export_flow(
         "external_data": False,
         "nodes": len(written.graph.node),
         "bytes": path.stat().st_size,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "export_seconds": round(seconds, 2),
         "check": {"batches": list(_CHECK_BATCHES), **check},
     }
@@ -257,7 +250,7 @@ def export_artifact(
         file=ONNX_FILE,
         model=manifest.name,
         model_version=manifest.version,
-        weights_sha256=_sha256(directory / WEIGHTS_FILE),
+        weights_sha256=file_sha256(directory / WEIGHTS_FILE),
         exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_json(directory / ONNX_INFO_FILE, info)
@@ -280,12 +273,8 @@ def checked_onnx_path(directory: Path | str) -> Path:
             f"{directory} has no {ONNX_FILE} with its {ONNX_INFO_FILE}: run "
             f"`trustgc export-onnx --model {directory}` first"
         )
-    if info.get("weights_sha256") != _sha256(directory / WEIGHTS_FILE):
-        raise ArtifactError(
-            f"{path} was exported from other weights than {directory / WEIGHTS_FILE}: run "
-            f"`trustgc export-onnx --model {directory}` again"
-        )
-    if info.get("sha256") not in (None, _sha256(path)):
+    check_derived(directory, ONNX_INFO_FILE, info.get("weights_sha256"))
+    if info.get("sha256") not in (None, file_sha256(path)):
         raise ArtifactError(f"{path} does not match the checksum in {ONNX_INFO_FILE}")
     return path
 

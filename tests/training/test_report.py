@@ -172,7 +172,7 @@ def test_quick_report_numbers(quick_report) -> None:
     row = attacked["beta_inf"]
     assert "skipped" in row or len(row["gc"]) == 9
     calibration = results["models"][0]["calibration"]
-    assert calibration["calibration_size"] == 32  # min(tiny's split, quick's 300)
+    assert calibration["calibration_size"] == 128  # min(tiny's split, quick's 300)
 
 
 def test_rerun_reuses_the_cache(quick_report) -> None:

@@ -25,8 +25,8 @@ from trustgc.artifact import load_model, read_json
 from trustgc_cli.main import main
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
 
-# tiny: synthetic train split of 256 images minus 32 for calibration = 224; batch 32 -> 7 steps
-STEPS_PER_EPOCH = 7
+# tiny: synthetic train split of 256 images minus 128 for calibration = 128; batch 32 -> 4 steps
+STEPS_PER_EPOCH = 4
 
 
 @pytest.fixture(autouse=True)
@@ -264,7 +264,7 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert manifest["training"]["dataset"] == "synthetic"
     assert manifest["training"]["epochs_completed"] == 2
     assert manifest["training"]["steps"] == 2 * STEPS_PER_EPOCH
-    assert manifest["training"]["train_size"] == 224
+    assert manifest["training"]["train_size"] == 128
     card = (out / "MODEL_CARD.md").read_text()
     assert "# Model card: tiny" in card
 

@@ -17,13 +17,14 @@ valid although the components are correlated.  The result is stored in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from trustgc.artifact import read_json, write_json
+from trustgc.artifact import WEIGHTS_FILE, check_derived, read_json, weights_sha256, write_json
 from trustgc.trust.pvalues import EmpiricalReference, Interpolation, Side
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Calibration",
     "ReferenceDistribution",
     "attack_combined_statistic",
+    "check_resolution",
     "combined_statistic",
     "fit_calibration",
     "load_calibration",
@@ -136,6 +138,30 @@ class Calibration(BaseModel):
     combination_components: dict[str, ReferenceDistribution]  # part A, inside the Ts only
     combined: dict[str, ReferenceDistribution]  # each combination's T on part B
     split: dict[str, int | str] = Field(default_factory=dict)
+    #: SHA-256 of the weights.safetensors these references were computed with (None: unknown,
+    #: refused by load_calibration inside an artifact).
+    weights_sha256: str | None = None
+
+
+def check_resolution(calibration: Calibration) -> None:
+    """Refuse references too small to ever reach their alpha.
+
+    The smallest p-value an empirical reference of n scores can give is 1 / (n + 1); if that is
+    above alpha, nothing is ever rejected and the served flag is silently dead.
+    """
+    for name, alpha, flag in (
+        (calibration.ood_statistic, calibration.ood_alpha, "--ood-alpha"),
+        (calibration.attack_statistic, calibration.attack_alpha, "--attack-alpha"),
+    ):
+        n = len(calibration.combined[name].sorted_scores)
+        if 1.0 / (n + 1) > alpha:
+            needed = math.ceil(1.0 / alpha) - 1
+            raise ValueError(
+                f"the {name} reference holds {n} calibration scores: its smallest p-value "
+                f"1/{n + 1} = {1 / (n + 1):.3g} is above alpha = {alpha:g}, so nothing could be "
+                f"flagged; calibrate with at least {needed} scores in part B (a larger "
+                f"calibration split) or a larger {flag}"
+            )
 
 
 def combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
@@ -214,7 +240,7 @@ def fit_calibration(
             for component in components
         }
         combined[name] = ReferenceDistribution.fit(name, "upper", statistic(p_b), interpolation)
-    return Calibration(
+    calibration = Calibration(
         ood_alpha=ood_alpha,
         attack_alpha=attack_alpha,
         components=_references(both, needed, interpolation),
@@ -222,14 +248,24 @@ def fit_calibration(
         combined=combined,
         split=split or {},
     )
+    check_resolution(calibration)  # refused at calibrate time, before anything is written
+    return calibration
 
 
 def save_calibration(directory: Path, calibration: Calibration) -> None:
-    write_json(Path(directory) / CALIBRATION_FILE, calibration.model_dump(mode="json"))
+    """Write ``calibration.json``; stamps the artifact's weights hash if none was recorded."""
+    directory = Path(directory)
+    if calibration.weights_sha256 is None and (directory / WEIGHTS_FILE).is_file():
+        calibration = calibration.model_copy(update={"weights_sha256": weights_sha256(directory)})
+    write_json(directory / CALIBRATION_FILE, calibration.model_dump(mode="json"))
 
 
 def load_calibration(directory: Path) -> Calibration | None:
-    """The artifact's calibration, or None if it was never calibrated."""
+    """The artifact's calibration, or None if it was never calibrated.
+
+    Refused (with the command that fixes it) when it was computed from other weights than the
+    artifact's, or when its references are too small for its alphas (:func:`check_resolution`).
+    """
     path = Path(directory) / CALIBRATION_FILE
     if not path.is_file():
         return None
@@ -240,4 +276,8 @@ def load_calibration(directory: Path) -> Calibration | None:
             f"{path}: calibration format {version}, this code reads "
             f"{CALIBRATION_FORMAT_VERSION}: run `trustgc calibrate --model {directory}` again"
         )
-    return Calibration.model_validate(data)
+    calibration = Calibration.model_validate(data)
+    if (Path(directory) / WEIGHTS_FILE).is_file():
+        check_derived(directory, CALIBRATION_FILE, calibration.weights_sha256)
+    check_resolution(calibration)
+    return calibration

@@ -9,26 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from training.data import ImageDataset, load_dataset, split_calibration
 from trustgc.artifact import load_model, weights_sha256
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.calibration import (
-    COMBINED_COMPONENTS,
     DEFAULT_INTERPOLATION,
-    PAPER_STATISTIC,
     Calibration,
     fit_calibration,
     save_calibration,
 )
 from trustgc.trust.pvalues import Interpolation
-from trustgc.trust.statistics import compute_statistics
+from trustgc.trust.statistics import STATISTICS, compute_statistics
 
 __all__ = ["calibration_split", "calibrate_artifact", "dataset_statistics"]
-
-STATISTICS = tuple(sorted(set(COMBINED_COMPONENTS) | {PAPER_STATISTIC}))
 
 
 def calibration_split(training: dict, data_dir: Path | None) -> ImageDataset:
@@ -41,10 +36,10 @@ def calibration_split(training: dict, data_dir: Path | None) -> ImageDataset:
 
 
 def dataset_statistics(model, images: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
-    """All trust statistics for uint8 images stored channels-last (N, H, W, C)."""
+    """Every registered trust statistic for uint8 images stored channels-last (N, H, W, C)."""
     pixels = pixels_to_tensor(images)
-    outputs = model_outputs(model, pixels, 500, device)
-    return compute_statistics(outputs, pixels.numpy(), STATISTICS)
+    outputs = model_outputs(model, pixels, 500, device)  # runs under torch.inference_mode
+    return compute_statistics(outputs, pixels.numpy(), sorted(STATISTICS))
 
 
 def calibrate_artifact(
@@ -64,7 +59,6 @@ def calibrate_artifact(
     realised false-rejection rate of the served p-value fluctuates around alpha with a standard
     deviation of about sqrt(alpha / |B|); A only needs to resolve p-values down to ~1/|A|.
     """
-    torch.set_grad_enabled(False)
     digest = weights_sha256(model_dir)  # before loading: the hash of the weights actually used
     model, manifest = load_model(model_dir, device)
     calibration_set = calibration_split(manifest.training, data_dir)

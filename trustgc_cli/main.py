@@ -30,8 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trustgc", description="The trustgc command line: one subcommand per job."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    missing: list[str] = []
     for group in command_groups():
         group.register(commands)
+        missing += [f"{group.name} {name} ({why})" for name, why in group.unavailable.items()]
+    if missing:
+        parser.epilog = (
+            f"Not available in this install: {', '.join(missing)}; install the extra that "
+            "brings them, e.g. pip install 'trustgc[train]' or 'trustgc[serve]'."
+        )
     return parser
 
 

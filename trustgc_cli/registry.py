@@ -28,6 +28,8 @@ class CommandGroup:
 
     name: str
     adders: list[AddCommand] = field(default_factory=list)
+    #: Subcommands left out of this install's parser, with why (see :meth:`register`).
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def command(self, add: AddCommand) -> AddCommand:
         """Decorator: declare ``add`` (it adds one subparser) as a subcommand of this group."""
@@ -35,6 +37,14 @@ class CommandGroup:
         return add
 
     def register(self, commands: Subparsers) -> None:
-        """Add every declared subcommand to ``commands``."""
+        """Add every declared subcommand to ``commands``.
+
+        A subcommand whose options need a package this install lacks (a client-only install
+        has no Pillow, no torch) is left out and recorded in :attr:`unavailable`, so the rest
+        of the command line (``trustgc classify``) still works there.
+        """
         for add in self.adders:
-            add(commands)
+            try:
+                add(commands)
+            except ModuleNotFoundError as error:
+                self.unavailable[add.__name__.removeprefix("add_")] = f"needs {error.name}"

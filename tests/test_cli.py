@@ -69,33 +69,32 @@ def test_train_arguments_build_the_options_with_the_model_defaults(tmp_path: Pat
     options = options_from_args(TrainOptions, given, command="test")
     reference = TrainOptions(out=tmp_path, beta=math.inf, evaluate=False, command="test")
     assert options == reference
-    assert options.config == "fashion_mnist" and options.progress and options.device == "auto"
-    assert options.amp is None and options.resume is False
+    defaults = {name: info.get_default() for name, info in TrainOptions.model_fields.items()}
+    assert options.config == defaults["config"] and options.device == defaults["device"]
+    assert options.progress is True and options.amp is None and options.resume is False
     every = parser.parse_args(
         ["train", "--out", "o", "--config", "tiny", "--epochs", "3", "--batch-size", "8"]
         + ["--lr", "0.5", "--seed", "4", "--amp", "--limit-train-samples", "9"]
         + ["--data-dir", "d", "--device", "cpu", "--resume", "--time-budget-minutes", "1.5"]
         + ["--max-steps", "2", "--no-progress"]
     )
-    assert options_from_args(TrainOptions, every, command="x").model_dump() == {
-        "config": "tiny",
-        "out": Path("o"),
-        "beta": None,
-        "epochs": 3,
-        "batch_size": 8,
-        "lr": 0.5,
-        "seed": 4,
-        "amp": True,
-        "limit_train_samples": 9,
-        "data_dir": Path("d"),
-        "device": "cpu",
-        "resume": True,
-        "time_budget_minutes": 1.5,
-        "max_steps": 2,
-        "evaluate": True,
-        "progress": False,
-        "command": "x",
-    }
+    assert options_from_args(TrainOptions, every, command="x") == TrainOptions(
+        config="tiny",
+        out=Path("o"),
+        epochs=3,
+        batch_size=8,
+        lr=0.5,
+        seed=4,
+        amp=True,
+        limit_train_samples=9,
+        data_dir=Path("d"),
+        device="cpu",
+        resume=True,
+        time_budget_minutes=1.5,
+        max_steps=2,
+        progress=False,
+        command="x",
+    )
 
 
 @pytest.mark.parametrize(

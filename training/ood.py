@@ -1,126 +1,354 @@
-"""``trustgc ood``: how well the trust layer separates OoD sets from in-distribution test data.
+"""``trustgc ood``: the OoD gate measured on what the server sees.
 
-For each OoD set: ROC-AUC (%) of the production OoD p-value, of the paper's two-sided typicality
-test, of the one-sided likelihood and of the max-posterior baseline.  Also the rejection rate on
-the in-distribution test set at several alphas with its 99% binomial interval: the p-values are
-valid only if that rate stays at alpha.
+Every image of every set, the in-distribution test set included, reaches the model through
+``serving.decode.decode_image``, the handler's own decoding: files (CIFAR-10 test JPEGs straight
+from the archive's member bytes, user folders) from their original bytes; arrays (IDX sets, the
+synthetic and transformed sets) as PNG files, which decode losslessly to the same pixels.
+
+Per set: ROC-AUC of the served OoD statistic against Fashion-MNIST test (the AUC of the served
+p-value, with the step p-value's ties at its floor broken by the continuous statistic it is a
+decreasing function of), the share the service rejects as OoD / does not accept at the served
+alpha, which component rejected (the served statistic's component with the smallest p-value,
+counted over the rejected images), and the most frequent predicted class.  The in-distribution
+rejection rate at several alphas is checked against its 99 % binomial interval.
 """
 
 from __future__ import annotations
 
+import io
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
-from training.data import load_dataset
-from training.metrics import binomial_interval, roc_auc
-from trustgc.inference import model_outputs
-from trustgc.preprocess import pixels_to_tensor
+from training.data import load_dataset, load_recorded
+from training.metrics import accuracy, binomial_interval, roc_auc
+from training.served_sets import decode_files, folder_bytes, served_cifar10
+from trustgc.trust.calibration import Calibration
 from trustgc.trust.predictor import Predictor
-from trustgc.trust.statistics import compute_statistics
+from trustgc.trust.statistics import COMBINATIONS
+from trustgc.trust.table import Decision, ScoreTable
 
-__all__ = ["OOD_SETS", "evaluate_ood", "make_ood_set"]
+__all__ = [
+    "OOD_SETS",
+    "OodOptions",
+    "evaluate_ood",
+    "make_ood_set",
+    "rejecting_component",
+    "served_ood_statistic",
+]
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _noise_uniform(test: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.integers(0, 256, (n, *test.shape[1:]), dtype=np.uint8)
-
-
-def _noise_gaussian(test: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    return np.clip(rng.normal(128, 50, (n, *test.shape[1:])), 0, 255).astype(np.uint8)
-
-
-def _constant(test: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    values = rng.integers(0, 256, n, dtype=np.uint8)
-    return np.broadcast_to(values[:, None, None, None], (n, *test.shape[1:])).copy()
-
-
-def _flipped(test: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    return test[:n, ::-1].copy()
-
-
-def _inverted(test: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    return 255 - test[:n]
+#: The built-in suite, in report order.  Transformed sets derive from Fashion-MNIST *test*.
+OOD_SETS: tuple[str, ...] = (
+    "mnist",
+    "notmnist",
+    "cifar10_test",
+    "uniform_noise",
+    "gaussian_noise",
+    "constant",
+    "inverted",
+    "vflip",
+    "hflip",
+)
 
 
-def _external(name: str) -> Callable:
-    def load(test: np.ndarray, rng: np.random.Generator, n: int, data_dir: Path = SHARED_DATA):
-        images = load_dataset(name, "test", data_dir / name).images[:n]
-        if images.shape[1:] != test.shape[1:]:
-            raise ValueError(f"{name} images {images.shape[1:]} do not match {test.shape[1:]}")
-        return images
+class OodOptions(BaseModel):
+    """What ``trustgc ood`` evaluates (the CLI derives its flags from these fields)."""
 
-    return load
+    model_config = ConfigDict(extra="forbid")
+
+    model: Path = Field(description="model artifact directory")
+    sets: tuple[str, ...] = Field(default=OOD_SETS, description="built-in OoD sets to evaluate")
+    ood_dirs: dict[str, Path] = Field(
+        default_factory=dict, description="extra OoD sets: NAME -> folder of image files"
+    )
+    limit: int = Field(default=2000, gt=0, description="images per OoD set (seeded sample)")
+    data_root: Path | None = Field(
+        default=None,
+        description="folder holding mnist/, notmnist/, cifar10/ (default: $TRUSTGC_DATA)",
+    )
+    seed: int = Field(default=0, description="seed of the samples and the synthetic sets")
+    alphas: tuple[float, ...] = Field(default=(0.01, 0.05, 0.1), description="in-dist. checks")
 
 
-OOD_SETS: dict[str, Callable] = {
+def _default_data_root() -> Path:
+    from training.data_root import data_root
+
+    return data_root()
+
+
+def as_png(images: np.ndarray) -> list[bytes]:
+    """uint8 (N, C, H, W) -> one PNG file's bytes per image (what a user would upload)."""
+    files = []
+    for image in images:
+        array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files
+
+
+def _sample(count: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.permutation(count)[: min(limit, count)])
+
+
+# Each builder: (in-distribution test pixels (N, C, H, W), data root, rng, limit) -> image files.
+Builder = Callable[[np.ndarray, Path, np.random.Generator, int], list[bytes]]
+
+
+def _external(name: str) -> Builder:
+    def build(test: np.ndarray, root: Path, rng: np.random.Generator, limit: int) -> list[bytes]:
+        images = load_dataset(name, "test", root / name).images  # (N, H, W, C)
+        images = images[_sample(len(images), limit, rng)].transpose(0, 3, 1, 2)
+        return as_png(images)
+
+    return build
+
+
+def _cifar10_test(test: np.ndarray, root: Path, rng: np.random.Generator, limit: int) -> None:
+    """Marker: decoded from the archive's JPEG bytes by :func:`served_cifar10` (cached)."""
+    return None
+
+
+def _uniform_noise(test, root, rng, limit) -> list[bytes]:
+    return as_png(rng.integers(0, 256, (limit, *test.shape[1:]), dtype=np.uint8))
+
+
+def _gaussian_noise(test, root, rng, limit) -> list[bytes]:
+    return as_png(np.clip(rng.normal(128, 50, (limit, *test.shape[1:])), 0, 255).astype(np.uint8))
+
+
+def _constant(test, root, rng, limit) -> list[bytes]:
+    values = rng.integers(0, 256, limit, dtype=np.uint8)
+    return as_png(np.broadcast_to(values[:, None, None, None], (limit, *test.shape[1:])).copy())
+
+
+def _transformed(transform: Callable[[np.ndarray], np.ndarray]) -> Builder:
+    def build(test: np.ndarray, root: Path, rng: np.random.Generator, limit: int) -> list[bytes]:
+        return as_png(np.ascontiguousarray(transform(test[_sample(len(test), limit, rng)])))
+
+    return build
+
+
+_BUILDERS: dict[str, Builder] = {
     "mnist": _external("mnist"),
     "notmnist": _external("notmnist"),
-    "uniform_noise": _noise_uniform,
-    "gaussian_noise": _noise_gaussian,
+    "cifar10_test": _cifar10_test,
+    "uniform_noise": _uniform_noise,
+    "gaussian_noise": _gaussian_noise,
     "constant": _constant,
-    "vflip": _flipped,
-    "inverted": _inverted,
+    "inverted": _transformed(lambda x: 255 - x),
+    "vflip": _transformed(lambda x: x[:, :, ::-1]),
+    "hflip": _transformed(lambda x: x[:, :, :, ::-1]),
 }
+assert tuple(_BUILDERS) == OOD_SETS  # one list of names
 
 
-def make_ood_set(name: str, test: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    if name not in OOD_SETS:
-        raise ValueError(f"unknown OoD set {name!r}; known: {sorted(OOD_SETS)}")
-    return OOD_SETS[name](test, np.random.default_rng(seed), n)
+def make_ood_set(
+    name: str, test: np.ndarray, limit: int, data_root: Path | None, seed: int = 0
+) -> np.ndarray:
+    """The set's images as the server decodes them, uint8 (N, C, H, W) like ``test``.
+
+    ``data_root`` is needed by the sets read from files (MNIST, notMNIST, CIFAR-10) only."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown OoD set {name!r}; known: {', '.join(OOD_SETS)}")
+    rng = np.random.default_rng([seed, OOD_SETS.index(name)])
+    shape = tuple(test.shape[1:])
+    if name == "cifar10_test":
+        photos = served_cifar10(Path(data_root), "test", shape)
+        return photos[_sample(len(photos), limit, rng)]
+    return decode_files(_BUILDERS[name](test, data_root and Path(data_root), rng, limit), shape)
 
 
-def _scores(predictor: Predictor, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image: higher = more OoD, for each method compared."""
-    pixels = pixels_to_tensor(images)
-    outputs = model_outputs(predictor.model, pixels, 500, predictor.device)
-    statistics = compute_statistics(outputs, pixels.numpy(), predictor._statistics)
-    p = predictor.p_values(statistics)
-    return {
-        "production": -np.log(p[predictor.calibration.ood_statistic]),
-        "paper_two_sided": -np.log(p["typicality"]),
-        "one_sided_likelihood": statistics["typicality"],
-        "max_posterior": statistics["max_posterior"],
-        "p_value": p[predictor.calibration.ood_statistic],
+def served_ood_statistic(calibration: Calibration, statistics: dict[str, np.ndarray]) -> np.ndarray:
+    """The served OoD statistic T itself (higher = more OoD), before its step p-value.
+
+    The served p-value is a decreasing step function of T, so T ranks images as the p-value
+    does, with the p-value's ties at its floor 1 / (n + 1) broken: its AUC is the gate's.
+    """
+    combination = COMBINATIONS[calibration.ood_statistic]
+    inner = {
+        name: calibration.combination_components[name]
+        .reference(tail_extrapolation=True)
+        .p_value(statistics[name])
+        for name in combination.components
     }
+    return combination.combine(inner)
 
 
-def evaluate_ood(
-    model_dir: Path,
-    sets: list[str],
-    limit: int = 2000,
-    data_dir: Path | None = None,
-    alphas=(0.01, 0.05, 0.1),
+def rejecting_component(table: ScoreTable, components: tuple[str, ...]) -> np.ndarray:
+    """Per image, the OoD component with the smallest p-value (object array of names)."""
+    p = np.stack([table.p_values[name] for name in components], axis=1)
+    return np.asarray(components, dtype=object)[np.argmin(p, axis=1)]
+
+
+def _set_report(
+    table: ScoreTable,
+    table_in: ScoreTable,
+    t_in: np.ndarray,
+    t_out: np.ndarray,
+    components: tuple[str, ...],
+    class_names: tuple[str, ...],
 ) -> dict:
-    predictor = Predictor.from_artifact(model_dir)
-    dataset = predictor.manifest.training.get("dataset", "fashion_mnist")
-    test = load_dataset(dataset, "test", data_dir).images
-    in_scores = _scores(predictor, test)
-    calibration = {}
-    for alpha in alphas:
-        rate = float(np.mean(in_scores["p_value"] < alpha))
-        low, high = binomial_interval(len(test), alpha, 0.99)
-        calibration[str(alpha)] = {
-            "rejection_rate": rate,
-            "interval_99": [low, high],
-            "calibrated": low <= rate <= high,
-        }
-    results = {}
-    for name in sets:
-        ood_scores = _scores(predictor, make_ood_set(name, test, limit))
-        results[name] = {
-            method: 100.0 * roc_auc(in_scores[method], ood_scores[method])
-            for method in ("production", "paper_two_sided", "one_sided_likelihood", "max_posterior")
-        }
-        results[name]["rejected_at_alpha"] = float(
-            np.mean(ood_scores["p_value"] < predictor.calibration.ood_alpha)
-        )
+    rejected = table.out_of_distribution
+    by = Counter(rejecting_component(table, components)[rejected].tolist())
+    predicted = Counter(table.predicted_index.tolist()).most_common(1)[0]
     return {
-        "in_distribution": dataset,
-        "num_test": len(test),
-        "calibration": calibration,
-        "auc_percent": results,
+        "n": len(table),
+        "auc_percent": 100.0 * roc_auc(t_in, t_out),
+        "rejected_ood": float(rejected.mean()),
+        "not_accepted": float(np.mean(table.decisions != Decision.ACCEPTED)),
+        "rejected_by": {name: int(by.get(name, 0)) for name in components},
+        "component_auc_percent": {
+            name: 100.0 * roc_auc(-np.log(table_in.p_values[name]), -np.log(table.p_values[name]))
+            for name in components
+        },
+        "top_class": {"name": class_names[predicted[0]], "share": predicted[1] / len(table)},
     }
+
+
+def evaluate_ood(options: OodOptions) -> dict:
+    """Run the suite (and the user's folders) through the served path; a JSON-ready report."""
+    unknown = set(options.sets) - set(OOD_SETS)
+    if unknown:
+        raise ValueError(f"unknown OoD sets {sorted(unknown)}; known: {', '.join(OOD_SETS)}")
+    root = options.data_root or _default_data_root()
+    predictor = Predictor.from_artifact(options.model)
+    calibration = predictor.calibration
+    components = tuple(calibration.ood_components)
+    dataset = predictor.manifest.training.get("dataset", "fashion_mnist")
+    test_set = load_recorded(predictor.manifest.training, "test")  # where it was trained
+    shape = predictor.input_shape
+    test = decode_files(as_png(test_set.images.transpose(0, 3, 1, 2)), shape)
+    table_in = predictor.score(test)
+    t_in = served_ood_statistic(calibration, table_in.statistics)
+    in_distribution = {
+        "set": f"{dataset} test",
+        "n": len(test),
+        "accuracy": accuracy(table_in.probabilities, test_set.labels),
+        "rejection": {},
+    }
+    for alpha in options.alphas:
+        rate = float(np.mean(table_in.ood_p_value < alpha))
+        low, high = binomial_interval(len(test), alpha, 0.99)
+        in_distribution["rejection"][str(alpha)] = {
+            "rate": rate,
+            "interval_99": [low, high],
+            "inside": low <= rate <= high,
+        }
+    in_distribution["not_accepted_at_served_alpha"] = float(
+        np.mean(table_in.decisions != Decision.ACCEPTED)
+    )
+    inputs = {
+        name: make_ood_set(name, test, options.limit, root, options.seed) for name in options.sets
+    }
+    for name, folder in options.ood_dirs.items():
+        files = folder_bytes(folder)
+        chosen = _sample(len(files), options.limit, np.random.default_rng(options.seed))
+        inputs[name] = decode_files([files[i] for i in chosen], shape)
+    sets = {}
+    for name, pixels in inputs.items():
+        table = predictor.score(pixels)
+        t_out = served_ood_statistic(calibration, table.statistics)
+        sets[name] = _set_report(table, table_in, t_in, t_out, components, predictor.class_names)
+    return {
+        "model": str(options.model),
+        "decoding": "serving.decode.decode_image (the handler's path) for every image",
+        "served": {
+            "statistic": calibration.ood_statistic,
+            "components": list(components),
+            "alpha": calibration.ood_alpha,
+        },
+        "limit": options.limit,
+        "seed": options.seed,
+        "in_distribution": in_distribution,
+        "sets": sets,
+    }
+
+
+def format_table(result: dict) -> str:
+    """The report as a Markdown table (docs/method.md's OoD table)."""
+    components = result["served"]["components"]
+    lines = [
+        "| OoD set | n | AUC % | rejected as OoD | not accepted | rejected by "
+        f"({', '.join(components)}) | top class |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["sets"].items():
+        by = " / ".join(str(row["rejected_by"][c]) for c in components)
+        top = row["top_class"]
+        lines.append(
+            f"| {name} | {row['n']} | {row['auc_percent']:.2f} "
+            f"| {100 * row['rejected_ood']:.1f} % | {100 * row['not_accepted']:.1f} % | {by} "
+            f"| {top['name']} ({100 * top['share']:.0f} %) |"
+        )
+    return "\n".join(lines)
+
+
+def parse_ood_dir(text: str) -> tuple[str, Path]:
+    """``NAME=DIR`` of ``--ood-dir`` -> (name, folder)."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise ValueError(f"--ood-dir takes NAME=DIR, got {text!r}")
+    return name, Path(folder)
+
+
+def add_ood_arguments(parser) -> None:
+    """The ``ood`` subcommand's flags, one per :class:`OodOptions` field."""
+    fields = OodOptions.model_fields
+    parser.add_argument("--model", type=Path, required=True, help=fields["model"].description)
+    parser.add_argument(
+        "--ood",
+        default=",".join(OOD_SETS),
+        help=f"comma-separated built-in sets from {', '.join(OOD_SETS)}",
+    )
+    parser.add_argument(
+        "--ood-dir",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help=f"{fields['ood_dirs'].description} (repeatable)",
+    )
+    parser.add_argument("--limit", type=int, default=2000, help=fields["limit"].description)
+    parser.add_argument("--data-root", type=Path, help=fields["data_root"].description)
+    parser.add_argument("--seed", type=int, default=0, help=fields["seed"].description)
+    parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+
+
+def options_from_arguments(args) -> OodOptions:
+    return OodOptions(
+        model=args.model,
+        sets=tuple(s for s in args.ood.split(",") if s),
+        ood_dirs=dict(parse_ood_dir(text) for text in args.ood_dir),
+        limit=args.limit,
+        data_root=args.data_root,
+        seed=args.seed,
+    )
+
+
+def run_ood_command(args) -> int:
+    """Evaluate, print the Markdown table and the in-distribution check, optionally save JSON."""
+    import json
+
+    result = evaluate_ood(options_from_arguments(args))
+    print(format_table(result))
+    for alpha, row in result["in_distribution"]["rejection"].items():
+        low, high = row["interval_99"]
+        print(
+            f"in-distribution rejection at alpha={alpha}: {row['rate']:.4f} "
+            f"(99% interval {low:.4f}-{high:.4f}, inside: {row['inside']})"
+        )
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_ood_arguments(parser)
+    raise SystemExit(run_ood_command(parser.parse_args()))

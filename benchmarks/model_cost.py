@@ -312,17 +312,20 @@ def gating_rows(
     """
     from trustgc.inference import model_outputs
     from trustgc.trust.predictor import Predictor
-    from trustgc.trust.statistics import compute_statistics, png_code_length_bits
+    from trustgc.trust.statistics import (
+        PNG_LENGTH_SURROGATE,
+        compute_statistics,
+        png_code_length_bits,
+        surrogate_of,
+    )
 
     predictor = Predictor.from_artifact(GC_DIR)
     model = predictor.model
     pixels, source = test_pixels(batch)
     tensor = torch.from_numpy(pixels)
-    names = predictor._statistics
-    with torch.inference_mode():
-        outputs = model_outputs(model, tensor, 256, "cpu")
-    stats = compute_statistics(outputs, pixels, names)
-    non_png = tuple(n for n in names if n not in ("complexity_corrected", "complexity_excess"))
+    stats = predictor.score(pixels).statistics  # the served components
+    outputs = model_outputs(model, tensor, 256, "cpu")
+    non_png = tuple(n for n in stats if surrogate_of(n) != PNG_LENGTH_SURROGATE)
     rows = []
     for count in threads:
         torch.set_num_threads(count)

@@ -1,10 +1,14 @@
-"""Typed input errors and the one table that maps them to HTTP and gRPC status codes."""
+"""Typed input errors and the one table that maps them to HTTP status codes.
+
+gRPC answers carry no per-request status (TorchServe ignores one set by the handler), so there
+the error code in the response body names the problem.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["ErrorCode", "InputError", "http_status", "grpc_status_name"]
+__all__ = ["ErrorCode", "InputError", "http_status"]
 
 
 class ErrorCode(StrEnum):
@@ -19,17 +23,17 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal_error"
 
 
-# code -> (HTTP status, HTTP reason phrase, gRPC status name)
-_STATUS: dict[ErrorCode, tuple[int, str, str]] = {
-    ErrorCode.EMPTY_BODY: (400, "Bad Request", "INVALID_ARGUMENT"),
-    ErrorCode.MISSING_IMAGE: (400, "Bad Request", "INVALID_ARGUMENT"),
-    ErrorCode.INVALID_PARAMETER: (400, "Bad Request", "INVALID_ARGUMENT"),
-    ErrorCode.UNDECODABLE_IMAGE: (415, "Unsupported Media Type", "INVALID_ARGUMENT"),
-    ErrorCode.UNSUPPORTED_MEDIA: (415, "Unsupported Media Type", "INVALID_ARGUMENT"),
-    ErrorCode.IMAGE_TOO_SMALL: (422, "Unprocessable Entity", "INVALID_ARGUMENT"),
-    ErrorCode.BODY_TOO_LARGE: (413, "Payload Too Large", "RESOURCE_EXHAUSTED"),
-    ErrorCode.IMAGE_TOO_LARGE: (413, "Payload Too Large", "RESOURCE_EXHAUSTED"),
-    ErrorCode.INTERNAL: (500, "Internal Server Error", "INTERNAL"),
+# code -> (HTTP status, HTTP reason phrase)
+_STATUS: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.EMPTY_BODY: (400, "Bad Request"),
+    ErrorCode.MISSING_IMAGE: (400, "Bad Request"),
+    ErrorCode.INVALID_PARAMETER: (400, "Bad Request"),
+    ErrorCode.UNDECODABLE_IMAGE: (415, "Unsupported Media Type"),
+    ErrorCode.UNSUPPORTED_MEDIA: (415, "Unsupported Media Type"),
+    ErrorCode.IMAGE_TOO_SMALL: (422, "Unprocessable Entity"),
+    ErrorCode.BODY_TOO_LARGE: (413, "Payload Too Large"),
+    ErrorCode.IMAGE_TOO_LARGE: (413, "Payload Too Large"),
+    ErrorCode.INTERNAL: (500, "Internal Server Error"),
 }
 
 
@@ -43,9 +47,4 @@ class InputError(ValueError):
 
 
 def http_status(code: ErrorCode) -> tuple[int, str]:
-    status, phrase, _ = _STATUS[code]
-    return status, phrase
-
-
-def grpc_status_name(code: ErrorCode) -> str:
-    return _STATUS[code][2]
+    return _STATUS[code]

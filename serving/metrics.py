@@ -12,11 +12,14 @@ from __future__ import annotations
 from ts.metrics.metric_type_enum import MetricTypes
 
 from serving.schema import ClassificationResponse
+from trustgc.trust.table import Decision
 
-__all__ = ["DECISIONS", "HandlerMetrics", "P_VALUE_STATISTICS"]
+__all__ = ["DECISIONS", "HandlerMetrics", "INVALID_INPUT"]
 
-DECISIONS = ("accepted", "rejected_ood", "flagged_attack", "invalid_input")
-P_VALUE_STATISTICS = ("ood", "attack", "typicality")
+#: The decision label of a request that never reached the model (bad input).
+INVALID_INPUT = "invalid_input"
+#: Every ``decision`` label value: the core's decisions plus the adapter's own.
+DECISIONS = (*(decision.value for decision in Decision), INVALID_INPUT)
 
 
 class HandlerMetrics:
@@ -49,7 +52,7 @@ class HandlerMetrics:
             self.p_values.add_or_update(paper, [self.model_name, "typicality"])
 
     def invalid_input(self) -> None:
-        self.decisions.add_or_update(1, [self.model_name, "invalid_input"])
+        self.decisions.add_or_update(1, [self.model_name, INVALID_INPUT])
 
     def latency(self, seconds: float, batch_size: int) -> None:
         self.latency_metric.add_or_update(seconds, [self.model_name])

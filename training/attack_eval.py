@@ -54,11 +54,16 @@ from training.attacks import (
 from training.data import load_dataset
 from training.metrics import binomial_interval, roc_auc
 from trustgc.artifact import load_model
-from trustgc.inference import model_outputs
+from trustgc.inference import latent_scores
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
-from trustgc.trust.calibration import ATTACK_COMPONENTS, ATTACK_STATISTIC
 from trustgc.trust.predictor import Decision, Predictor
-from trustgc.trust.statistics import compute_statistics
+from trustgc.trust.statistics import (
+    ATTACK_STATISTIC,
+    COMBINATIONS,
+    PAPER_STATISTIC,
+    STATISTICS,
+    differentiable,
+)
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -73,37 +78,37 @@ DEFAULT_SETTINGS: tuple[tuple[float, float], ...] = tuple(
 )
 #: A served answer is "low-confidence" when its top-1 probability is below this.
 LOW_CONFIDENCE = 0.9
+#: The served attack statistic's components (from the registry).
+ATTACK_COMPONENTS = COMBINATIONS[ATTACK_STATISTIC].components
 
 
 def _served(predictor: Predictor, pixels: torch.Tensor) -> dict[str, np.ndarray]:
-    """What the service answers for uint8 images (N, C, H, W): the Predictor's own results."""
-    results = predictor.predict(pixels.numpy())
+    """What the service answers for uint8 images (N, C, H, W): the Predictor's own scores."""
+    table = predictor.score(pixels.numpy())
     return {
-        "probabilities": np.stack([r.probabilities for r in results]),
-        "attack_p": np.array([r.attack_p_value for r in results]),
-        "ood_p": np.array([r.ood_p_value for r in results]),
-        "typicality_p": np.array([r.component_p_values["typicality"] for r in results]),
-        **{
-            f"{name}_p": np.array([r.component_p_values[name] for r in results])
-            for name in ATTACK_COMPONENTS
-        },
-        "flagged": np.array([r.attack_suspected for r in results]),
-        "rejected": np.array([r.out_of_distribution for r in results]),
-        "caught": np.array([r.decision != Decision.ACCEPTED for r in results]),
+        "probabilities": table.probabilities,
+        "attack_p": table.attack_p_value,
+        "ood_p": table.ood_p_value,
+        "typicality_p": table.p_values[PAPER_STATISTIC],
+        **{f"{name}_p": table.p_values[name] for name in ATTACK_COMPONENTS},
+        "flagged": table.attack_suspected,
+        "rejected": table.out_of_distribution,
+        "caught": table.decisions != Decision.ACCEPTED,
     }
 
 
-def _z_squared(predictor: Predictor, pixels: torch.Tensor) -> dict[str, np.ndarray]:
-    """Squared z-scores of the detection statistics (the quantities L_detect penalises)."""
-    if len(pixels) == 0:
-        return {name: np.empty(0) for name in DETECT_STATISTICS}
-    outputs = model_outputs(predictor.model, pixels, 500, predictor.device)
-    values = compute_statistics(outputs, pixels.numpy(), DETECT_STATISTICS)
-    out = {}
-    for name, value in values.items():
-        summary = predictor.calibration.components[name].summary
-        out[name] = ((value - summary["mean"]) / summary["std"]) ** 2
-    return out
+@torch.inference_mode()
+def _z_squared(
+    predictor: Predictor, penalty: DetectionPenalty, pixels: torch.Tensor, batch: int = 500
+) -> dict[str, np.ndarray]:
+    """Each statistic's term of L_detect (its squared z-score, clamped to its served side) on
+    uint8 images: the very torch forms the attack penalises, on the served float64 scores."""
+    parts: dict[str, list[np.ndarray]] = {name: [np.empty(0)] for name in penalty.statistics}
+    for start in range(0, len(pixels), batch):
+        x = pixels_to_unit(pixels[start : start + batch].to(predictor.device))
+        for name, term in penalty.terms(latent_scores(predictor.model, x), x).items():
+            parts[name].append(term.double().cpu().numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 @torch.inference_mode()
@@ -175,7 +180,6 @@ def evaluate_attacks(
     """Attack the served GC and the baseline for every (kappa, d) setting; see module docs."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     started = time.perf_counter()
-    torch.set_grad_enabled(True)
     predictor = Predictor.from_artifact(gc_dir)
     baseline, baseline_manifest = load_model(baseline_dir)
     for module in (predictor.model, baseline):
@@ -225,6 +229,7 @@ def evaluate_attacks(
     }
 
     penalty = DetectionPenalty.from_calibration(calibration, detect_statistics)
+    reported = DetectionPenalty.from_calibration(calibration, DETECT_STATISTICS)  # z2 columns
     gc_rows, dc_rows, gc_l2_by_kappa = [], [], {}
     for kappa, d in settings:
         tick = time.perf_counter()
@@ -236,7 +241,7 @@ def evaluate_attacks(
         adv_pixels, l2 = _quantised_l2(result.adversarial, clean_pixels)
         served = _served(predictor, adv_pixels)
         success = result.success.numpy() & (served["probabilities"].argmax(axis=1) == targets_np)
-        z2 = _z_squared(predictor, adv_pixels[torch.from_numpy(success)])
+        z2 = _z_squared(predictor, reported, adv_pixels[torch.from_numpy(success)])
         top1 = served["probabilities"].max(axis=1)
         row = {
             "kappa": _kappa_name(kappa),
@@ -341,30 +346,27 @@ def _fmt(value, digits: int = 3, percent: bool = False) -> str:
     return f"{value:.{digits}f}"
 
 
-#: What each detection statistic in L_detect is, for the report.
-DETECT_DESCRIPTIONS = {
-    "typicality": "the paper's typicality score -log q(x)/D",
-    "class_distance": "the attack statistic's first component ||z - mu_pred||^2/D (pred = the "
-    "current argmax, so the penalty is exactly the statistic the service computes; the gradient "
-    "flows through z)",
-    "logit_margin": "its second component, the gap between the two largest logits",
-}
-
-
 def _detect_paragraph(statistics: Sequence[str]) -> str:
     """Which threat model the run used: L_detect on the paper's test only, or adaptive."""
     names = " and ".join(f"`{s}`" for s in statistics)
-    described = "; ".join(DETECT_DESCRIPTIONS[s] for s in statistics)
-    differentiable = set(ATTACK_COMPONENTS) & set(DETECT_DESCRIPTIONS)
-    if differentiable <= set(statistics):
+    described = "; ".join(STATISTICS[s].description for s in statistics)
+    followed = set(differentiable(ATTACK_COMPONENTS))
+    without = [name for name in ATTACK_COMPONENTS if name not in followed]
+    if followed <= set(statistics):
+        lacking = " and ".join(f"`{name}`" for name in without)
+        verb = "rests" if len(without) == 1 else "rest"
+        note = (
+            f" ({lacking} {verb} on a PNG length, which has none; an attacker with a smooth "
+            "proxy for compressibility is not evaluated here)"
+            if without
+            else ""
+        )
         threat = (
             "Threat model: adaptive.  An attacker who knows the service targets the statistics "
             f"that raise the flag (`{ATTACK_STATISTIC}`'s components), not only the paper's "
-            "test: every component with a gradient (`complexity_excess` rests on a PNG length, "
-            "which has none; an attacker with a smooth proxy for compressibility is not "
-            "evaluated here)."
+            f"test: every component with a gradient{note}."
         )
-    elif differentiable & set(statistics):
+    elif followed & set(statistics):
         threat = "Threat model: partly adaptive (some of the attack statistic's components)."
     else:
         threat = (
@@ -375,7 +377,7 @@ def _detect_paragraph(statistics: Sequence[str]) -> str:
     return (
         f"L_detect = sum over {names} of ((s(x) - mean) / std)^2, mean and std from the "
         f"calibration summary (`calibration.json`, components[s].summary): the squared z-score "
-        f"of {described}.  {threat}  The penalty is smooth, two-sided like the served tests "
+        f"of {described}.  {threat}  The penalty is smooth, sided like the served tests "
         "(one-sided for `logit_margin`, whose served test only rejects large margins: only "
         "the excess above the mean counts) and about 1 per statistic on clean data; d = 66 and "
         "1000 weigh it against ||delta||^2 (about 0.1-1) and c times the logit margin."
@@ -440,7 +442,8 @@ def write_markdown(result: dict, path: Path | str, command: str) -> str:
         "accepted.  low-conf: share with top-1 probability < "
         f"{config['low_confidence_threshold']:g}"
         " (kappa <= 1).  z2: mean squared z-score of typicality / class_distance / logit_margin "
-        "(clean: about 1).",
+        "as L_detect counts it (one-sided for logit_margin: the excess only; clean: about 1 "
+        "for two-sided statistics, about 0.5 for one-sided ones).",
         "",
         "| kappa | d | success | mean L2 | AUC attack | AUC dist. | AUC margin | AUC cx | "
         "AUC prod. OoD | AUC typicality | flagged | rejected | caught | low-conf | mean top-1 | "

@@ -10,11 +10,20 @@ import argparse
 import math
 from pathlib import Path
 
+from trustgc.trust.statistics import (
+    ATTACK_STATISTIC,
+    COMBINATIONS,
+    PAPER_STATISTIC,
+    STATISTICS,
+    differentiable,
+)
+
 __all__ = ["DETECT_STATISTICS", "DETECT_WEIGHTS", "KAPPAS", "add_attack_arguments"]
 
-#: Statistics an attacker's L_detect can penalise: the paper's typicality score and the two
-#: components of the served attack statistic (see training.attacks.DetectionPenalty).
-DETECT_STATISTICS = ("typicality", "class_distance", "logit_margin")
+#: What an attacker's L_detect penalises by default: the paper's typicality score and the
+#: components of the served attack statistic that have a gradient (see
+#: training.attacks.DetectionPenalty); any statistic with a torch form can be chosen.
+DETECT_STATISTICS = differentiable((PAPER_STATISTIC, *COMBINATIONS[ATTACK_STATISTIC].components))
 #: The paper's attack grid, plus kappa = 10 (a moderate confidence on the GC's logit scale).
 KAPPAS = (0.01, 1.0, 10.0, math.inf)
 DETECT_WEIGHTS = (0.0, 66.0, 1000.0)
@@ -35,9 +44,10 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "--detect-statistics",
         nargs="+",
         default=list(DETECT_STATISTICS),
-        choices=DETECT_STATISTICS,
-        help="what L_detect penalises: all (fully adaptive attacker, default) or typicality "
-        "only (the paper's detection-aware attacker)",
+        choices=differentiable(),
+        help="what L_detect penalises: the default is the fully adaptive attacker, typicality "
+        "only the paper's detection-aware attacker.  "
+        + "; ".join(f"{name}: {STATISTICS[name].description}" for name in differentiable()),
     )
     parser.add_argument("--kappas", type=float, nargs="+", default=list(KAPPAS))
     parser.add_argument("--d", type=float, nargs="+", default=list(DETECT_WEIGHTS))

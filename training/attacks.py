@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from training.attack_options import DETECT_STATISTICS
 from trustgc.scoring import LatentScores
-from trustgc.trust.calibration import STATISTIC_SIDES, Calibration
+from trustgc.trust.calibration import Calibration
+from trustgc.trust.statistics import STATISTICS, surrogate_of, torch_form_of
 
 __all__ = [
     "AttackConfig",
@@ -51,6 +52,7 @@ __all__ = [
     "DETECT_STATISTICS",
     "DetectionPenalty",
     "LogitsFn",
+    "SURROGATES",
     "bin_centres",
     "carlini_wagner_l2",
     "dc_attack_fn",
@@ -63,7 +65,12 @@ __all__ = [
 #: ``logits_fn(x)``: logits (B, K), or (logits, L_detect (B,)) for the detection-aware attack.
 LogitsFn = Callable[[Tensor], Tensor | tuple[Tensor, Tensor]]
 
-#: Detection statistics the penalty can include (names as in trustgc.trust.statistics).
+#: A statistic's differentiable stand-in: (scores, images in [0, 1]) -> (B,) values.
+Surrogate = Callable[[LatentScores, Tensor], Tensor]
+#: Smooth stand-ins for statistics without a gradient, by the surrogate name the registry
+#: declares (trustgc.trust.statistics: the complexity tests name "png_length").  None is built
+#: yet, so L_detect cannot include those statistics.
+SURROGATES: dict[str, Surrogate] = {}
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -109,25 +116,28 @@ class DetectionPenalty:
 
     mean_s and std_s are the in-distribution summary of the calibration split, so L_detect is
     the squared z-score of the detection statistics: about 1 per statistic for clean images,
-    large for atypical ones.  It is smooth and two-sided, like the served tests:
+    large for atypical ones.  Each s is the registry's differentiable torch form of the served
+    statistic (trustgc.trust.statistics), or the surrogate it names from :data:`SURROGATES`;
+    the argmax inside ``class_distance`` is the current prediction, so the penalty is exactly
+    the statistic the service computes (the gradient flows through z, not the argmax).
 
-    - ``typicality``: -log q(x) / D, the paper's typicality test;
-    - ``class_distance``: ||z - mu_yhat||^2 / D at the current prediction yhat (a component of
-      the served attack statistic; yhat is the argmax, so the penalty is exactly the statistic
-      the service computes for the iterate; the gradient flows through z, not the argmax);
-    - ``logit_margin``: the gap between the two largest logits (the other component).  Its
-      served test is one-sided (too large a margin), so only the excess above the mean is
-      penalised: a two-sided penalty would hold every iterate at its source class's typical
-      margin and stop the attack from ever crossing the decision boundary.
+    The penalty follows each statistic's served side: two-sided tests penalise both
+    deviations; a one-sided test only the suspicious one (``upper``: the excess above the
+    mean, ``lower``: the shortfall below it).  An attacker gains nothing from pulling the other
+    tail back, and for ``logit_margin`` a two-sided penalty would hold every iterate at its
+    source class's typical margin and stop the attack from ever crossing the boundary.
     """
 
     def __init__(self, statistics: dict[str, tuple[float, float]]) -> None:
-        unknown = set(statistics) - set(DETECT_STATISTICS)
-        if unknown or not statistics:
-            raise ValueError(f"statistics must be a non-empty subset of {DETECT_STATISTICS}")
+        if not statistics:
+            raise ValueError("L_detect needs at least one statistic")
+        unknown = set(statistics) - set(STATISTICS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; known: {sorted(STATISTICS)}")
         if any(std <= 0 for _, std in statistics.values()):
             raise ValueError("standard deviations must be positive")
         self.statistics = dict(statistics)
+        self._forms = {name: _differentiable(name) for name in statistics}
 
     @classmethod
     def from_calibration(
@@ -136,28 +146,47 @@ class DetectionPenalty:
         summaries = {name: calibration.components[name].summary for name in names}
         return cls({name: (s["mean"], s["std"]) for name, s in summaries.items()})
 
-    def values(self, scores: LatentScores) -> dict[str, Tensor]:
-        """The raw statistics (B,) of the chosen names."""
-        out = {}
-        if "typicality" in self.statistics:
-            out["typicality"] = -scores.log_likelihood / scores.dim
-        if "class_distance" in self.statistics:
-            predicted = scores.logits.argmax(dim=1, keepdim=True)
-            out["class_distance"] = scores.squared_distances.gather(1, predicted)[:, 0] / scores.dim
-        if "logit_margin" in self.statistics:
-            top_two = scores.logits.topk(2, dim=1).values
-            out["logit_margin"] = top_two[:, 0] - top_two[:, 1]
-        return out
+    def values(self, scores: LatentScores, images: Tensor | None = None) -> dict[str, Tensor]:
+        """The raw statistics (B,) of the chosen names (``images``: for surrogates only)."""
+        return {name: form(scores, images) for name, form in self._forms.items()}
 
-    def __call__(self, scores: LatentScores) -> Tensor:
-        total = torch.zeros_like(scores.log_likelihood)
-        for name, value in self.values(scores).items():
+    def terms(self, scores: LatentScores, images: Tensor | None = None) -> dict[str, Tensor]:
+        """Each statistic's squared z-score (B,), clamped to its served side."""
+        out = {}
+        for name, value in self.values(scores, images).items():
             mean, std = self.statistics[name]
             z = (value - mean) / std
-            if STATISTIC_SIDES[name] == "upper":  # the served test only rejects large values:
-                z = z.clamp(min=0.0)  # an attacker gains nothing from pushing small ones up
-            total = total + z**2
+            side = STATISTICS[name].side
+            if side == "upper":
+                z = z.clamp(min=0.0)
+            elif side == "lower":
+                z = z.clamp(max=0.0)
+            out[name] = z**2
+        return out
+
+    def __call__(self, scores: LatentScores, images: Tensor | None = None) -> Tensor:
+        total = torch.zeros_like(scores.log_likelihood)
+        for term in self.terms(scores, images).values():
+            total = total + term
         return total
+
+
+def _differentiable(name: str) -> Surrogate:
+    """The statistic's torch form, else its named surrogate (a negation's: negated)."""
+    form = torch_form_of(name)
+    if form is not None:
+        return lambda scores, images: form(scores)
+    surrogate = surrogate_of(name)
+    if surrogate is None or surrogate not in SURROGATES:
+        raise ValueError(
+            f"statistic {name!r} has no gradient and its surrogate {surrogate!r} is not "
+            f"available (built: {sorted(SURROGATES)})"
+        )
+    stand_in = SURROGATES[surrogate]
+    statistic = STATISTICS[name]
+    if statistic.surrogate is None and statistic.negation_of is not None:  # inherited
+        return lambda scores, images: -stand_in(scores, images)
+    return stand_in
 
 
 def gc_attack_fn(model: nn.Module, penalty: DetectionPenalty | None = None) -> LogitsFn:
@@ -166,7 +195,7 @@ def gc_attack_fn(model: nn.Module, penalty: DetectionPenalty | None = None) -> L
 
     def logits_fn(x: Tensor):
         scores = model.score(x)
-        return scores.logits if penalty is None else (scores.logits, penalty(scores))
+        return scores.logits if penalty is None else (scores.logits, penalty(scores, x))
 
     return logits_fn
 
@@ -288,6 +317,7 @@ def _run_round(
     return succeeded, spent, has_detect
 
 
+@torch.enable_grad()  # the attack needs input gradients, whatever the caller's grad mode
 def carlini_wagner_l2(
     logits_fn: LogitsFn, images: Tensor, targets: Tensor, config: AttackConfig
 ) -> AttackResult:

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from trustgc.preprocess import pixels_to_unit
-from trustgc.scoring import score_latents
+from trustgc.scoring import LatentScores, score_latents
 
-__all__ = ["ModelOutputs", "model_outputs", "score_batch"]
+__all__ = ["ModelOutputs", "latent_scores", "model_outputs", "score_batch"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,21 @@ class ModelOutputs:
         return self.log_likelihood is not None
 
 
+def latent_scores(model: nn.Module, x: Tensor) -> LatentScores:
+    """A generative model's scores for [0, 1] images at the served precision.
+
+    The flow runs in float32; its latents are scored in float64, so the posterior of a
+    confident image (1 - 1e-9) is not rounded to 1 and two runtimes (torch, ONNX Runtime)
+    disagree on the scores only as much as their latents do.  The head is ~1% of the cost.
+    """
+    z, logdet = model(x)
+    return score_latents(z.double(), logdet.double(), model.head)
+
+
 def score_batch(model: nn.Module, x: Tensor, keep_latents: bool = False) -> dict[str, Tensor]:
     """One batch of [0, 1] images -> named output tensors (see :class:`ModelOutputs`)."""
     if hasattr(model, "score"):
-        # The flow runs in float32; its latents are scored in float64, so the posterior of a
-        # confident image (1 - 1e-9) is not rounded to 1 and two runtimes (torch, ONNX Runtime)
-        # disagree on the scores only as much as their latents do.  The head is ~1% of the cost.
-        z, logdet = model(x)
-        scores = score_latents(z.double(), logdet.double(), model.head)
+        scores = latent_scores(model, x)
         outputs = {
             "log_posterior": scores.log_posterior,
             "log_likelihood": scores.log_likelihood,

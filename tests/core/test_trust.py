@@ -27,26 +27,28 @@ from trustgc.ibinn import IBINN
 from trustgc.inference import ModelOutputs, score_batch
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
 from trustgc.trust.calibration import (
-    ATTACK_COMPONENTS,
-    ATTACK_STATISTIC,
     CALIBRATION_FILE,
-    COMBINED_COMPONENTS,
     DEFAULT_INTERPOLATION,
-    OOD_COMPONENTS,
-    PAPER_STATISTIC,
-    PRODUCTION_OOD_STATISTIC,
-    STATISTIC_SIDES,
     Calibration,
     ReferenceDistribution,
-    attack_combined_statistic,
-    combined_statistic,
     fit_calibration,
     load_calibration,
     save_calibration,
 )
 from trustgc.trust.predictor import Decision, Predictor
-from trustgc.trust.statistics import STATISTICS, compute_statistics
+from trustgc.trust.statistics import (
+    ATTACK_STATISTIC,
+    COMBINATIONS,
+    PAPER_STATISTIC,
+    PRODUCTION_OOD_STATISTIC,
+    STATISTICS,
+    combination_components,
+    compute_statistics,
+)
 
+OOD_COMPONENTS = COMBINATIONS[PRODUCTION_OOD_STATISTIC].components
+ATTACK_COMPONENTS = COMBINATIONS[ATTACK_STATISTIC].components
+COMBINED_COMPONENTS = combination_components()
 ALPHAS = (0.01, 0.05, 0.1)
 PIXEL_FREE = ("typicality", "class_distance", "max_posterior")  # no uint8 pixels needed
 
@@ -203,7 +205,7 @@ def test_logit_margin_is_the_gap_between_the_top_two_logits() -> None:
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_p_values_valid_on_the_models_own_mixture(mixture_statistics, statistic, alpha) -> None:
     reference, fresh = mixture_statistics
-    side = STATISTIC_SIDES[statistic]
+    side = STATISTICS[statistic].side
     p = ReferenceDistribution.fit(statistic, side, reference[statistic]).reference()
     count = int(np.sum(p.p_value(fresh[statistic]) <= alpha))
     n, m = reference[statistic].size, fresh[statistic].size
@@ -217,7 +219,7 @@ def test_p_values_reject_samples_from_a_hotter_model(model, mixture_statistics) 
     reference, _ = mixture_statistics
     hot = _pixel_free_statistics(_mixture_outputs(model, 400, seed=3, temperature=1.3))
     for statistic in ("typicality", "class_distance"):
-        side = STATISTIC_SIDES[statistic]
+        side = STATISTICS[statistic].side
         p = ReferenceDistribution.fit(statistic, side, reference[statistic]).reference()
         assert np.mean(p.p_value(hot[statistic]) <= 0.05) > 0.5, statistic
 
@@ -247,7 +249,7 @@ def test_fit_calibration_structure(fitted) -> None:
     assert set(calibration.combination_components) == set(COMBINED_COMPONENTS)
     assert set(calibration.combined) == {PRODUCTION_OOD_STATISTIC, ATTACK_STATISTIC}
     for name, reference in calibration.components.items():
-        assert reference.side == STATISTIC_SIDES[name] and reference.statistic == name
+        assert reference.side == STATISTICS[name].side and reference.statistic == name
         assert reference.summary["n"] == 1600
         expected = np.sort(np.concatenate([a[name], b[name]]))
         np.testing.assert_array_equal(reference.sorted_scores, expected)
@@ -261,12 +263,11 @@ def test_fit_calibration_structure(fitted) -> None:
         .p_value(b[name])
         for name in COMBINED_COMPONENTS
     }
-    for name, statistic in (
-        (PRODUCTION_OOD_STATISTIC, combined_statistic),
-        (ATTACK_STATISTIC, attack_combined_statistic),
-    ):
+    for name in (PRODUCTION_OOD_STATISTIC, ATTACK_STATISTIC):
+        combination = COMBINATIONS[name]
+        statistic = combination.combine({c: p_b[c] for c in combination.components})
         reference = calibration.combined[name]
-        np.testing.assert_allclose(reference.sorted_scores, np.sort(statistic(p_b)), rtol=1e-12)
+        np.testing.assert_allclose(reference.sorted_scores, np.sort(statistic), rtol=1e-12)
         assert reference.side == "upper" and reference.summary["n"] == 1200
     assert calibration.split == {"part_a": 400}
 
@@ -305,7 +306,7 @@ def test_predictor_p_values_formula(fitted, fresh_synthetic, predictor) -> None:
         reference = np.asarray(calibration.components[name].sorted_scores)
         upper = (1 + (reference[None, :] >= values[:, None]).sum(1)) / (n + 1)
         lower = (1 + (reference[None, :] <= values[:, None]).sum(1)) / (n + 1)
-        side = STATISTIC_SIDES[name]
+        side = STATISTICS[name].side
         expected = {"upper": upper, "lower": lower}.get(side)
         if expected is None:
             expected = np.minimum(1, 2 * np.minimum(upper, lower))
@@ -327,7 +328,7 @@ def test_predictor_p_values_formula(fitted, fresh_synthetic, predictor) -> None:
             lower,
         )
         two = np.minimum(1, 2 * np.minimum(upper, lower))
-        inner[name] = two if STATISTIC_SIDES[name] == "two_sided" else upper
+        inner[name] = two if STATISTICS[name].side == "two_sided" else upper
     ood_t = np.maximum(
         -np.log(inner["complexity_corrected"]) - np.log(inner["max_posterior"]),
         -np.log(inner["typicality"]),
@@ -349,7 +350,8 @@ def test_combined_statistic_formula() -> None:
     }
     # max(-log(pc * pm), -log(pt)), by hand
     expected = [0.0, np.log(8.0), np.log(100.0), np.log(1e6)]
-    np.testing.assert_allclose(combined_statistic(p), expected, rtol=1e-12)
+    combine = COMBINATIONS[PRODUCTION_OOD_STATISTIC].combine
+    np.testing.assert_allclose(combine(p), expected, rtol=1e-12)
     attack = {
         "class_distance": np.asarray([1.0, 0.5, 1e-3, 0.9]),
         "logit_margin": np.asarray([0.25, 1.0, 0.1, 0.9]),
@@ -357,7 +359,8 @@ def test_combined_statistic_formula() -> None:
     }
     # max(-log p_distance, -log p_margin, -log p_complexity_excess), by hand
     expected = [np.log(4.0), np.log(2.0), np.log(1e3), np.log(1e5)]
-    np.testing.assert_allclose(attack_combined_statistic(attack), expected, rtol=1e-12)
+    combine = COMBINATIONS[ATTACK_STATISTIC].combine
+    np.testing.assert_allclose(combine(attack), expected, rtol=1e-12)
 
 
 def test_fit_calibration_validates(fitted) -> None:
@@ -624,6 +627,6 @@ def test_complexity_excess_is_the_other_tail_and_encodes_png_once(monkeypatch, f
     both = compute_statistics(outputs, pixels, ["complexity_excess", "complexity_corrected"])
     assert len(calls) == 1
     np.testing.assert_array_equal(both["complexity_excess"], -both["complexity_corrected"])
-    assert STATISTIC_SIDES["complexity_excess"] == "upper"  # the lower tail of the other
+    assert STATISTICS["complexity_excess"].side == "upper"  # the lower tail of the other
     with pytest.raises(ValueError, match="unknown statistics"):
         compute_statistics(outputs, pixels, ["complexity_deficit"])

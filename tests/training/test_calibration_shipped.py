@@ -26,9 +26,11 @@ from scipy import stats
 from training.calibrate import dataset_statistics
 from training.data import FASHION_MNIST_DIR, load_dataset
 from training.metrics import binomial_interval, roc_auc
-from training.ood import _scores, make_ood_set
+from training.ood import make_ood_set
+from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.calibration import CALIBRATION_FILE
 from trustgc.trust.predictor import Predictor
+from trustgc.trust.table import ScoreTable
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "model_store" / "fashion_mnist"
@@ -136,14 +138,30 @@ def test_p_values_are_calibrated_on_the_test_set(predictor, in_distribution) -> 
     assert not failures, failures
 
 
-def test_scores_match_training_ood_scores(predictor, test_images, in_distribution) -> None:
-    """The in-distribution scores below are sliced from the module's statistics; they must be
-    exactly what training.ood._scores computes."""
+def test_score_matches_statistics_and_p_values(predictor, test_images, in_distribution) -> None:
+    """Predictor.score on 100 images equals the module's statistics and p-values (computed
+    separately, by dataset_statistics and Predictor.p_values in other batches), sliced."""
     statistics, p = in_distribution
-    direct = _scores(predictor, test_images[:100])
+    table = predictor.score(pixels_to_tensor(test_images[:100]).numpy())
+    assert set(table.statistics) == set(statistics)
+    for name in table.statistics:
+        np.testing.assert_allclose(table.statistics[name], statistics[name][:100], rtol=1e-12)
+    for name in table.p_values:
+        np.testing.assert_allclose(table.p_values[name], p[name][:100], rtol=1e-12)
+    direct = _methods(table)
     sliced = _in_scores(predictor, statistics, p, 100)
     for method in METHODS:
         np.testing.assert_allclose(sliced[method], direct[method], rtol=1e-12, atol=1e-12)
+
+
+def _methods(table: ScoreTable) -> dict[str, np.ndarray]:
+    """The OoD scores compared (higher = more OoD), from one score table."""
+    return {
+        "production": -np.log(table.ood_p_value),
+        "paper_two_sided": -np.log(table.p_values["typicality"]),
+        "one_sided_likelihood": table.statistics["typicality"],
+        "max_posterior": table.statistics["max_posterior"],
+    }
 
 
 def _in_scores(predictor, statistics, p, count: int) -> dict[str, np.ndarray]:
@@ -160,14 +178,14 @@ def ood_aucs(predictor, test_images, in_distribution) -> dict[str, dict[str, flo
     statistics, p = in_distribution
     in_scores = _in_scores(predictor, statistics, p, NUM_IN)
     results = {}
+    pixels = pixels_to_tensor(test_images).numpy()
     for name in ("mnist", "notmnist", "uniform_noise"):
         if name in ("mnist", "notmnist") and not (SHARED_DATA / name).is_dir():
             continue
-        ood = _scores(predictor, make_ood_set(name, test_images, NUM_OOD))
+        table = predictor.score(make_ood_set(name, pixels, NUM_OOD, SHARED_DATA))
+        ood = _methods(table)
         results[name] = {m: roc_auc(in_scores[m], ood[m]) for m in METHODS}
-        results[name]["rejected_at_alpha"] = float(
-            np.mean(ood["p_value"] < predictor.calibration.ood_alpha)
-        )
+        results[name]["rejected_at_alpha"] = float(np.mean(table.out_of_distribution))
     print(f"\nOoD ROC-AUC ({NUM_IN} Fashion-MNIST test images vs {NUM_OOD} per set)")
     print(f"{'set':<14}" + "".join(f"{m:>22}" for m in (*METHODS, "rejected_at_alpha")))
     for name, row in results.items():

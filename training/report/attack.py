@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from training.data import ImageDataset
@@ -81,5 +80,4 @@ def _attack_stage(models, baseline, test, options, cache) -> dict[str, Any]:
                 return {"skipped": str(error)}
 
         results[model.name] = cache.json("attack", model.name, key, compute)
-        torch.set_grad_enabled(False)
     return {"models": results}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _beta_position(beta: float, finite: list[float]) -> float:
-    """x position on a log2 axis: 0 -> 2^-1 below the smallest, inf -> 2 steps above."""
-    if math.isinf(beta):
-        return max(finite, default=1.0) * 4.0
-    if beta == 0:
-        return min(finite, default=1.0) / 4.0
-    return beta
 
 
 def _plot_tradeoff(models, clean, path: Path) -> Path:

@@ -9,8 +9,7 @@ from training.report.models import _Model
 from training.report.options import ReportOptions
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
-from trustgc.trust.calibration import PAPER_STATISTIC
-from trustgc.trust.statistics import STATISTICS, compute_statistics
+from trustgc.trust.statistics import PAPER_STATISTIC, STATISTICS
 
 OOD_METHODS = ("production", "paper_two_sided", "one_sided_likelihood", "max_posterior")
 
@@ -25,25 +24,26 @@ def _score(model: _Model, images: np.ndarray, options: ReportOptions) -> dict[st
 
     The scores are those of ``training.ood``: production = -log p of the served (Fisher,
     calibrated) OoD p-value, paper_two_sided = -log p of the two-sided typicality test,
-    one_sided_likelihood = -log q(x) / D, max_posterior = -max_y log q(y|x).
+    one_sided_likelihood = -log q(x) / D, max_posterior = -max_y log q(y|x).  A GC is scored by
+    its Predictor (:meth:`~trustgc.trust.predictor.Predictor.score`), exactly as served.
     """
     pixels = pixels_to_tensor(images)
-    outputs = model_outputs(model.network, pixels, options.batch_size, "cpu")
-    scores = {"log_posterior": outputs.log_posterior}
     if model.predictor is None:
-        # the same doubt statistic as the GC's (it needs only the posteriors)
-        scores["max_posterior"] = STATISTICS["max_posterior"](outputs, None)
-        return scores
-    calibration = model.predictor.calibration
-    names = sorted(calibration.components)
-    statistics = compute_statistics(outputs, pixels.numpy(), names)
-    p = model.predictor.p_values(statistics)
-    scores["production"] = -np.log(p[calibration.ood_statistic])
-    scores["paper_two_sided"] = -np.log(p[PAPER_STATISTIC])
-    scores["one_sided_likelihood"] = statistics["typicality"]
-    scores["max_posterior"] = statistics["max_posterior"]
-    scores["log_likelihood"] = outputs.log_likelihood
-    return scores
+        # the baseline: the same doubt statistic as the GC's (it needs only the posteriors)
+        outputs = model_outputs(model.network, pixels, options.batch_size, "cpu")
+        return {
+            "log_posterior": outputs.log_posterior,
+            "max_posterior": STATISTICS["max_posterior"](outputs, None),
+        }
+    table = model.predictor.score(pixels.numpy(), batch_size=options.batch_size)
+    return {
+        "log_posterior": table.log_posterior,
+        "production": -np.log(table.ood_p_value),
+        "paper_two_sided": -np.log(table.p_values[PAPER_STATISTIC]),
+        "one_sided_likelihood": table.statistics["typicality"],
+        "max_posterior": table.statistics["max_posterior"],
+        "log_likelihood": table.log_likelihood,
+    }
 
 
 def _entropy(log_posterior: np.ndarray) -> np.ndarray:

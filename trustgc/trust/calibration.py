@@ -4,11 +4,17 @@ Fitted on the held-out calibration split (never seen in training):
 
 - the whole split gives each statistic's reference distribution: the reported component
   p-values, among them the paper's typicality test;
-- the two served statistics combine components (see :data:`COMBINATIONS`): the production OoD
-  statistic and the attack statistic.  Their component p-values must be out-of-sample for the
+- the two served statistics combine components (see
+  :data:`trustgc.trust.statistics.COMBINATIONS`): the production OoD statistic and the attack
+  statistic.  Their component p-values must be out-of-sample for the
   calibration of T, so the split is divided: part A fits the combinations' own component
   references (with exponential tails beyond their range, so that one extreme component can
   reject on its own), part B the reference of each T.
+
+Which statistics exist, their sides and the combinations come from the registry in
+trustgc.trust.statistics; the file records what it was fitted for (``components`` and each
+served combination's components), and :func:`check_against_registry` refuses a file whose
+combinations differ from the code's, since its p-values would be invalid.
 
 Calibrating T empirically (instead of assuming a chi^2 or Beta law) keeps the combined p-value
 valid although the components are correlated.  The result is stored in
@@ -18,7 +24,6 @@ valid although the components are correlated.  The result is stored in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +31,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trustgc.artifact import WEIGHTS_FILE, check_derived, read_json, weights_sha256, write_json
 from trustgc.trust.pvalues import EmpiricalReference, Interpolation, Side
+from trustgc.trust.statistics import (
+    ATTACK_STATISTIC,
+    COMBINATIONS,
+    PRODUCTION_OOD_STATISTIC,
+    STATISTICS,
+    combination_components,
+)
 
 __all__ = [
-    "ATTACK_COMPONENTS",
-    "ATTACK_STATISTIC",
     "CALIBRATION_FILE",
-    "COMBINATIONS",
-    "COMBINED_COMPONENTS",
     "DEFAULT_INTERPOLATION",
-    "OOD_COMPONENTS",
-    "PAPER_STATISTIC",
-    "PRODUCTION_OOD_STATISTIC",
-    "STATISTIC_SIDES",
     "Calibration",
     "ReferenceDistribution",
-    "attack_combined_statistic",
+    "check_against_registry",
     "check_resolution",
-    "combined_statistic",
     "fit_calibration",
     "load_calibration",
     "save_calibration",
@@ -52,21 +55,6 @@ CALIBRATION_FILE = "calibration.json"
 #: 2: the attack statistic became a combination; ``combined`` holds one reference per
 #: combination.  Version 1 files are refused with a request to recalibrate.
 CALIBRATION_FORMAT_VERSION = 2
-
-#: Which tail of each statistic is suspicious (see trustgc.trust.statistics).
-STATISTIC_SIDES: dict[str, Side] = {
-    "typicality": "two_sided",
-    "complexity_corrected": "upper",
-    "max_posterior": "upper",
-    "class_distance": "two_sided",
-    "logit_margin": "upper",
-    "complexity_excess": "upper",
-}
-PAPER_STATISTIC = "typicality"
-OOD_COMPONENTS = ("complexity_corrected", "typicality", "max_posterior")
-PRODUCTION_OOD_STATISTIC = "combined_ood"
-ATTACK_COMPONENTS = ("class_distance", "logit_margin", "complexity_excess")
-ATTACK_STATISTIC = "combined_attack"
 #: How calibrations read p-values off their references (see trustgc.trust.pvalues).  "step",
 #: the exact conservative p-value: measured against ONNX Runtime on 1,000 test images, 995 get
 #: bit-identical p-values and 5 differ by one or two steps of 1 / (n + 1) (torch against itself
@@ -123,7 +111,12 @@ class ReferenceDistribution(BaseModel):
 
 
 class Calibration(BaseModel):
-    """Everything the p-values need; one file per model artifact."""
+    """Everything the p-values need; one file per model artifact.
+
+    ``components`` names the statistics it was fitted for (the served components);
+    ``ood_components`` / ``attack_components`` record the served combinations' components,
+    checked against the registry on load.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -131,9 +124,9 @@ class Calibration(BaseModel):
     ood_alpha: float = Field(gt=0, lt=1)
     attack_alpha: float = Field(gt=0, lt=1)
     ood_statistic: str = PRODUCTION_OOD_STATISTIC
-    ood_components: tuple[str, ...] = OOD_COMPONENTS
+    ood_components: tuple[str, ...] = COMBINATIONS[PRODUCTION_OOD_STATISTIC].components
     attack_statistic: str = ATTACK_STATISTIC
-    attack_components: tuple[str, ...] = ATTACK_COMPONENTS
+    attack_components: tuple[str, ...] = COMBINATIONS[ATTACK_STATISTIC].components
     components: dict[str, ReferenceDistribution]  # fitted on the whole calibration split
     combination_components: dict[str, ReferenceDistribution]  # part A, inside the Ts only
     combined: dict[str, ReferenceDistribution]  # each combination's T on part B
@@ -164,53 +157,12 @@ def check_resolution(calibration: Calibration) -> None:
             )
 
 
-def combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
-    """The production OoD statistic (large T: out of distribution):
-
-        T = max( -log p_complexity - log p_max_posterior,  -log p_typicality )
-
-    a min-p (Tippett) test over two tests: Fisher's product of the complexity-corrected
-    likelihood and the classifier's doubt (catches simple images such as MNIST digits, which get
-    *higher* likelihood, and ambiguous ones), and the paper's two-sided typicality test (catches
-    noise, which no model or compressor explains).  A Fisher sum over all three would let a
-    component with p near 1 (noise looks "complex enough") dilute an extreme typicality p.
-    """
-    fisher = -np.log(p_values["complexity_corrected"]) - np.log(p_values["max_posterior"])
-    return np.maximum(fisher, -np.log(p_values["typicality"]))
-
-
-def attack_combined_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
-    """The attack statistic (large T: suspected attack), a min-p (Tippett) test:
-
-        T = max( -log p_class_distance,  -log p_logit_margin,  -log p_complexity_excess )
-
-    class-conditional typicality (an input pushed into a class without becoming one of its
-    typical samples); over-confidence: the GC's logit margin between its top two classes is
-    bounded by how far apart the class means lie, so on clean images it stays below about 7
-    (99th percentile of the shipped model), and a confident attack (margin 10 asked for) lands
-    beyond anything clean, whatever else it keeps typical; and excess complexity: the
-    perturbation's pixel noise makes the image much harder for PNG than its (kept typical)
-    likelihood says.  Each catches attacks the others miss (docs/attacks.md).
-    """
-    return np.maximum.reduce([-np.log(p_values[name]) for name in ATTACK_COMPONENTS])
-
-
-#: The served combined statistics: name -> (components, T from their part-A p-values).
-COMBINATIONS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {
-    PRODUCTION_OOD_STATISTIC: (OOD_COMPONENTS, combined_statistic),
-    ATTACK_STATISTIC: (ATTACK_COMPONENTS, attack_combined_statistic),
-}
-COMBINED_COMPONENTS = tuple(
-    sorted({c for components, _ in COMBINATIONS.values() for c in components})
-)
-
-
 def _references(
     statistics: dict[str, np.ndarray], names, interpolation: Interpolation
 ) -> dict[str, ReferenceDistribution]:
     return {
         name: ReferenceDistribution.fit(
-            name, STATISTIC_SIDES[name], statistics[name], interpolation
+            name, STATISTICS[name].side, statistics[name], interpolation
         )
         for name in sorted(names)
     }
@@ -224,32 +176,85 @@ def fit_calibration(
     split: dict[str, int | str] | None = None,
     interpolation: Interpolation = DEFAULT_INTERPOLATION,
 ) -> Calibration:
-    """Fit all references from the two parts A and B of the calibration split."""
-    needed = set(COMBINED_COMPONENTS) | {PAPER_STATISTIC}
+    """Fit all references from the two parts A and B of the calibration split.
+
+    Every registered statistic gets a reference on A + B; every combination's components a
+    tail-extrapolated one on A, and each combination's T one on B.
+    """
+    needed = set(STATISTICS)
     missing = needed - set(statistics_a) | needed - set(statistics_b)
     if missing:
         raise ValueError(f"calibration needs the statistics {sorted(missing)}")
     both = {name: np.concatenate([statistics_a[name], statistics_b[name]]) for name in needed}
-    combination_components = _references(statistics_a, COMBINED_COMPONENTS, interpolation)
+    inner = _references(statistics_a, combination_components(), interpolation)
     combined = {}
-    for name, (components, statistic) in COMBINATIONS.items():
+    for name, combination in COMBINATIONS.items():
         p_b = {
-            component: combination_components[component]
+            component: inner[component]
             .reference(tail_extrapolation=True)
             .p_value(statistics_b[component])
-            for component in components
+            for component in combination.components
         }
-        combined[name] = ReferenceDistribution.fit(name, "upper", statistic(p_b), interpolation)
+        combined[name] = ReferenceDistribution.fit(
+            name, "upper", combination.combine(p_b), interpolation
+        )
     calibration = Calibration(
         ood_alpha=ood_alpha,
         attack_alpha=attack_alpha,
+        ood_statistic=PRODUCTION_OOD_STATISTIC,
+        ood_components=COMBINATIONS[PRODUCTION_OOD_STATISTIC].components,
+        attack_statistic=ATTACK_STATISTIC,
+        attack_components=COMBINATIONS[ATTACK_STATISTIC].components,
         components=_references(both, needed, interpolation),
-        combination_components=combination_components,
+        combination_components=inner,
         combined=combined,
         split=split or {},
     )
     check_resolution(calibration)  # refused at calibrate time, before anything is written
     return calibration
+
+
+def check_against_registry(calibration: Calibration, model_dir: str = "DIR") -> None:
+    """Refuse a calibration whose statistics or combinations differ from the registry's.
+
+    Each served combination must be registered with the recorded components, and each fitted
+    statistic registered with the recorded side; otherwise the stored references belong to
+    other statistics and the served p-values would be invalid.
+    """
+    problems = []
+    served = {
+        calibration.ood_statistic: calibration.ood_components,
+        calibration.attack_statistic: calibration.attack_components,
+    }
+    for name, recorded in served.items():
+        combination = COMBINATIONS.get(name)
+        if combination is None:
+            problems.append(f"combination {name!r} is not in the registry")
+        elif set(recorded) != set(combination.components):
+            problems.append(
+                f"{name} was fitted for components {sorted(recorded)}, the registry combines "
+                f"{sorted(combination.components)}"
+            )
+        elif name not in calibration.combined:
+            problems.append(f"combination {name!r} has no fitted reference")
+        elif not set(recorded) <= set(calibration.combination_components):
+            problems.append(f"{name}: components without a part-A reference")
+    unknown = set(calibration.combined) - set(COMBINATIONS)
+    if unknown:
+        problems.append(f"combinations {sorted(unknown)} are not in the registry")
+    for name, reference in calibration.components.items():
+        statistic = STATISTICS.get(name)
+        if statistic is None:
+            problems.append(f"statistic {name!r} is not in the registry")
+        elif reference.side != statistic.side:
+            problems.append(
+                f"{name} was fitted {reference.side}, the registry says {statistic.side}"
+            )
+    if problems:
+        raise ValueError(
+            f"{model_dir}: its calibration does not match this code ({'; '.join(problems)}): "
+            f"run `trustgc calibrate --model {model_dir}` to refit it"
+        )
 
 
 def save_calibration(directory: Path, calibration: Calibration) -> None:
@@ -264,7 +269,8 @@ def load_calibration(directory: Path) -> Calibration | None:
     """The artifact's calibration, or None if it was never calibrated.
 
     Refused (with the command that fixes it) when it was computed from other weights than the
-    artifact's, or when its references are too small for its alphas (:func:`check_resolution`).
+    artifact's, when its references are too small for its alphas (:func:`check_resolution`), or
+    when its statistics or combinations differ from the registry's (:func:`check_against_registry`).
     """
     path = Path(directory) / CALIBRATION_FILE
     if not path.is_file():
@@ -280,4 +286,5 @@ def load_calibration(directory: Path) -> Calibration | None:
     if (Path(directory) / WEIGHTS_FILE).is_file():
         check_derived(directory, CALIBRATION_FILE, calibration.weights_sha256)
     check_resolution(calibration)
+    check_against_registry(calibration, str(directory))
     return calibration

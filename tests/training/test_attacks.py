@@ -7,6 +7,7 @@ trained for a few steps in a fixture.  Everything runs on the CPU in one thread.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from training.attack_eval import write_markdown
 from training.attack_options import DETECT_STATISTICS
 from training.attacks import (
+    SURROGATES,
     AttackConfig,
     DetectionPenalty,
     bin_centres,
@@ -31,7 +33,7 @@ from trustgc.config import load_model_config
 from trustgc.ibinn import IBINN
 from trustgc.inference import model_outputs
 from trustgc.preprocess import dequantize, pixels_to_tensor, pixels_to_unit
-from trustgc.trust.statistics import compute_statistics
+from trustgc.trust.statistics import STATISTICS, compute_statistics
 
 
 @pytest.fixture(autouse=True)
@@ -238,6 +240,49 @@ def test_detection_penalty_is_the_served_statistics_z_score(tiny) -> None:
             z = np.maximum(z, 0.0)
         expected = expected + z**2
     assert np.allclose(penalty(scores).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_penalty_terms_follow_each_statistics_served_side(tiny, monkeypatch) -> None:
+    """upper: only the excess above the mean counts; lower: only the shortfall; two-sided:
+    both.  The sides come from the registry, so a statistic declared lower is clamped below."""
+    model, pixels, _, penalty = tiny
+    with torch.no_grad():
+        scores = model.score(pixels_to_unit(pixels))
+    values, terms = penalty.values(scores), penalty.terms(scores)
+    sides = set()
+    for name, value in values.items():
+        mean, std = penalty.statistics[name]
+        z = (value - mean) / std
+        assert (z < 0).any() and (z > 0).any(), name  # both tails present: the clamp matters
+        side = STATISTICS[name].side
+        expected = {"upper": z.clamp(min=0.0), "two_sided": z}[side] ** 2
+        torch.testing.assert_close(terms[name], expected, rtol=0, atol=0)
+        sides.add(side)
+    assert sides == {"upper", "two_sided"}
+    monkeypatch.setitem(
+        STATISTICS, "typicality", dataclasses.replace(STATISTICS["typicality"], side="lower")
+    )
+    mean, std = penalty.statistics["typicality"]
+    lower = DetectionPenalty({"typicality": (mean, std)}).terms(scores)["typicality"]
+    z = (values["typicality"] - mean) / std
+    torch.testing.assert_close(lower, z.clamp(max=0.0) ** 2, rtol=0, atol=0)
+
+
+def test_statistics_without_gradient_use_their_named_surrogate(tiny, monkeypatch) -> None:
+    """complexity_* have no torch form: the penalty looks up the registry's surrogate name in
+    SURROGATES, refuses clearly while none is built, and negates it for complexity_excess."""
+    model, pixels, _, _ = tiny
+    with pytest.raises(ValueError, match="surrogate 'png_length' is not available"):
+        DetectionPenalty({"complexity_excess": (0.0, 1.0)})
+    monkeypatch.setitem(SURROGATES, "png_length", lambda scores, images: images.mean(dim=(1, 2, 3)))
+    penalty = DetectionPenalty(
+        {"complexity_excess": (0.0, 1.0), "complexity_corrected": (0.0, 1.0)}
+    )
+    x = pixels_to_unit(pixels)
+    with torch.no_grad():
+        values = penalty.values(model.score(x), x)
+    torch.testing.assert_close(values["complexity_corrected"], x.mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(values["complexity_excess"], -x.mean(dim=(1, 2, 3)))
 
 
 def _attack_result() -> dict:

@@ -285,6 +285,6 @@ def load_calibration(directory: Path) -> Calibration | None:
     calibration = Calibration.model_validate(data)
     if (Path(directory) / WEIGHTS_FILE).is_file():
         check_derived(directory, CALIBRATION_FILE, calibration.weights_sha256)
+    check_against_registry(calibration, str(directory))  # first: it names every reference
     check_resolution(calibration)
-    check_against_registry(calibration, str(directory))
     return calibration

@@ -224,3 +224,99 @@ def _children(parent: int) -> list[int]:
     """Processes whose parent is ``parent`` (the model workers of a TorchServe frontend)."""
     pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     return [pid for pid in pids if (fields := _stat(pid)) is not None and int(fields[1]) == parent]
+
+
+# --------------------------------------------------------------------------- KServe runtime
+
+
+@dataclass
+class ServedOip:
+    """The KServe runtime (Open Inference Protocol) as the integration tests see it."""
+
+    settings: object  # serving.kserve_runtime.KServeSettings
+    process: object  # serving.kserve_control.KServeProcess
+    keys: dict[str, str]
+    model: str = MODEL_NAME
+
+    @property
+    def token(self) -> str:
+        return self.keys["inference"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys['inference']}"}
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.settings.url()}/v2/models/{self.model}/infer"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.settings.url()}/metrics"
+
+    @property
+    def grpc_target(self) -> str:
+        return self.settings.grpc_target()
+
+    def client(self, **kwargs):
+        from serving.oip_client import OipClient
+
+        return OipClient(
+            model=self.model,
+            http_url=self.settings.url(),
+            grpc_target=self.grpc_target,
+            token=self.token,
+            **kwargs,
+        )
+
+
+def kserve_skip_reason() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("kserve") is None:
+        return "the kserve package is missing (pip install -e '.[kserve]')"
+    if not (MODEL_DIR / "model.json").is_file():
+        return f"the model artifact {MODEL_DIR} is missing"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kserve(tmp_path_factory) -> ServedOip:
+    """The KServe runtime serving the shipped artifact on 127.0.0.1, token auth on; stopped at
+    teardown, asserting that its process is gone."""
+    reason = kserve_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from serving.kserve_control import KServeProcess
+    from serving.kserve_runtime import KServeSettings
+
+    ports = [_ephemeral_port(), _ephemeral_port()]
+    settings = KServeSettings(
+        model_dir=MODEL_DIR,
+        run_dir=tmp_path_factory.mktemp("kserve"),
+        http_port=ports[0],
+        grpc_port=ports[1],
+    )
+    process = KServeProcess(settings)
+    process.start()
+    try:
+        process.wait_ready(timeout=180)
+        keys = process.keys()
+    except BaseException as error:
+        process.stop()
+        log = process.log_file.read_text(errors="replace")[-4000:]
+        if isinstance(error, TimeoutError | RuntimeError):
+            pytest.fail(f"the KServe runtime did not become ready: {error}\n{log}")
+        raise
+    pid = process.pid()
+    try:
+        yield ServedOip(settings=settings, process=process, keys=keys)
+    finally:
+        process.stop()
+        assert pid is not None and not _alive(pid), f"KServe runtime {pid} still running"
+
+
+@pytest.fixture(params=["torchserve", "kserve"])
+def runtime(request):
+    """Either served runtime, for the tests that hold for both (client(), metrics_url, model)."""
+    return request.getfixturevalue(request.param)

@@ -1,0 +1,269 @@
+"""Both runtimes, TorchServe and KServe (Open Inference Protocol), against real servers.
+
+The ``runtime`` fixture (conftest.py) runs the runtime-independent tests once per runtime:
+one corrupt image among good ones, metrics that count exactly, the backend label.  The
+KServe-specific tests cover the OIP tensors, whole-request errors, the guard and a clean stop.
+The cross-runtime test sends 200 Fashion-MNIST test images one request at a time to each
+(a batch of one on both, so the float results are bit-identical) and compares the JSON answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.metrics import DECISIONS
+from serving.schema import ClassificationResponse, ErrorResponse
+
+pytestmark = pytest.mark.integration
+
+N_COMPARE = 200
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0], mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    from training.data import load_dataset
+
+    return load_dataset("fashion_mnist", "test")
+
+
+@pytest.fixture(scope="module")
+def images(fashion) -> list[bytes]:
+    return [png(fashion.images[i]) for i in range(N_COMPARE)]
+
+
+def samples(served, name: str) -> list:
+    """Samples called ``name`` of this model from the runtime's Prometheus endpoint."""
+    text = requests.get(served.metrics_url, timeout=10).text
+    return [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("ModelName") == served.model
+    ]
+
+
+def decision_counts(served) -> dict[str, float]:
+    counts = dict.fromkeys(DECISIONS, 0.0)
+    for sample in samples(served, "gc_decisions_total"):
+        counts[sample.labels["decision"]] += sample.value
+    return counts
+
+
+def settled_decision_counts(served, expected_total: float, timeout: float = 15.0) -> dict:
+    """TorchServe exports its handler metrics asynchronously: wait for the expected total,
+    then re-read once more so that a late excess would show."""
+    deadline = time.monotonic() + timeout
+    while sum(decision_counts(served).values()) < expected_total and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return decision_counts(served)
+
+
+# --------------------------------------------------------------------------- both runtimes
+
+
+def test_identical_answers_on_200_test_images(torchserve, kserve, images) -> None:
+    """The same JSON answer from TorchServe (REST) and KServe (REST and gRPC), image by image."""
+    ts_client, oip_client = torchserve.client(), kserve.client()
+    ts_answers = [ts_client.classify(image).model_dump() for image in images]
+    oip_rest = [oip_client.classify(image).model_dump() for image in images]
+    oip_grpc = [oip_client.classify(image, use_grpc=True).model_dump() for image in images]
+    different = [i for i in range(N_COMPARE) if ts_answers[i] != oip_rest[i]]
+    assert not different, f"{len(different)} answers differ, first {different[:5]}"
+    assert oip_grpc == oip_rest
+    decisions = {answer["decision"] for answer in ts_answers}
+    assert "accepted" in decisions  # a real comparison, not of 200 errors
+
+
+def test_one_corrupt_image_among_good_ones(runtime, images) -> None:
+    """Concurrent requests (batched together): the corrupt one alone gets an error."""
+    client = runtime.client()
+    bodies = list(images[:16])
+    bodies[5] = bodies[5][: len(bodies[5]) // 2]  # truncated PNG
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(client.classify, bodies))
+    alone = [client.classify(body) for body in bodies]
+    assert isinstance(answers[5], ErrorResponse)
+    assert answers[5].error.code == "undecodable_image"
+    for index, (answer, single) in enumerate(zip(answers, alone, strict=True)):
+        if index == 5:
+            continue
+        assert isinstance(answer, ClassificationResponse), answer
+        assert answer.decision == single.decision
+        assert answer.prediction.index == single.prediction.index
+        assert answer.typicality.p_value == pytest.approx(single.typicality.p_value, abs=2e-3)
+
+
+def test_decision_metrics_count_exactly(runtime, images) -> None:
+    client = runtime.client()
+    bodies = [*images[20:27], b"not an image", b""]
+    before = decision_counts(runtime)
+    answers = [client.classify(body) for body in bodies]  # sequential: one batch each
+    expected = dict.fromkeys(DECISIONS, 0.0)
+    for answer in answers:
+        key = answer.decision if isinstance(answer, ClassificationResponse) else "invalid_input"
+        expected[key] += 1
+    after = settled_decision_counts(runtime, sum(before.values()) + len(bodies))
+    delta = {key: after[key] - before[key] for key in DECISIONS}
+    assert delta == expected
+    assert expected["invalid_input"] == 2 and sum(expected.values()) == len(bodies)
+
+
+def test_backend_info_says_onnxruntime(runtime, images) -> None:
+    runtime.client().classify(images[0])  # TorchServe exports model metrics once used
+    deadline = time.monotonic() + 10
+    while not (found := samples(runtime, "gc_backend_info")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {s.labels["backend"] for s in found if s.value == 1} == {"onnxruntime"}
+
+
+# --------------------------------------------------------------------------- KServe / OIP
+
+
+def infer(kserve, images: list[bytes], parameters: dict | None = None, headers=None):
+    body = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [len(images)],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(image).decode() for image in images],
+            }
+        ],
+        "parameters": parameters or {},
+    }
+    return requests.post(
+        kserve.infer_url, json=body, headers=kserve.headers if headers is None else headers
+    )
+
+
+def test_oip_tensors_for_a_request_with_a_corrupt_image(kserve, images) -> None:
+    answer = infer(kserve, [images[0], b"\x89PNG broken", images[1]], {"top_k": 3})
+    assert answer.status_code == 200, answer.text
+    outputs = {output["name"]: output for output in answer.json()["outputs"]}
+    assert set(outputs) == {"answer", "decision", "probabilities", "ood_p_value", "attack_p_value"}
+    assert outputs["probabilities"]["datatype"] == "FP32"
+    assert outputs["probabilities"]["shape"] == [3, 10]
+    assert outputs["ood_p_value"]["datatype"] == outputs["attack_p_value"]["datatype"] == "FP64"
+    parsed = [json.loads(text) for text in outputs["answer"]["data"]]
+    assert parsed[1]["error"]["code"] == "undecodable_image"
+    assert outputs["decision"]["data"][1] == "invalid_input"
+    assert outputs["ood_p_value"]["data"][1] is None  # NaN -> JSON null
+    probabilities = np.asarray(outputs["probabilities"]["data"][:10], dtype=float)
+    for index in (0, 2):
+        answer_json = ClassificationResponse.model_validate(parsed[index])
+        assert len(answer_json.probabilities) == 3  # top_k parameter
+        assert outputs["decision"]["data"][index] == answer_json.decision
+        assert outputs["ood_p_value"]["data"][index] == answer_json.typicality.p_value
+        assert outputs["attack_p_value"]["data"][index] == answer_json.attack.p_value
+    first = ClassificationResponse.model_validate(parsed[0])
+    assert int(np.argmax(probabilities)) == first.prediction.index
+    assert math.isclose(probabilities.sum(), 1.0, abs_tol=1e-5)
+
+
+def test_a_request_with_no_usable_image_is_a_4xx(kserve, images) -> None:
+    answer = infer(kserve, [b"junk", b""])
+    assert answer.status_code == 415
+    assert answer.json()["error"]["code"] == "undecodable_image"
+    answer = infer(kserve, [images[0]], {"top_k": 0})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_parameter"
+    assert "top_k" in answer.json()["error"]["message"]
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(
+        model_name=kserve.model,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="images",
+                datatype="BYTES",
+                shape=[1],
+                contents=pb.InferTensorContents(bytes_contents=[b"junk"]),
+            )
+        ],
+    )
+    with grpc.insecure_channel(kserve.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, metadata=[("authorization", f"Bearer {kserve.token}")])
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert json.loads(caught.value.details())["error"]["code"] == "undecodable_image"
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, metadata=[("authorization", "Bearer wrong")])
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready  # health needs no token
+
+
+def test_the_guard(kserve, images) -> None:
+    assert infer(kserve, [images[0]], headers={}).status_code == 401
+    wrong = {"Authorization": "Bearer wrong"}
+    assert infer(kserve, [images[0]], headers=wrong).status_code == 401
+    url = kserve.settings.url()
+    assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+    assert requests.get(f"{url}/v2/models/{kserve.model}/ready", timeout=5).status_code == 401
+    ready = requests.get(f"{url}/v2/models/{kserve.model}/ready", headers=kserve.headers)
+    assert ready.status_code == 200
+    key_file = kserve.settings.run_dir / "key_file.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert kserve.settings.host == "127.0.0.1"
+    outside = socket.gethostbyname(socket.gethostname())
+    if not outside.startswith("127."):  # bound to loopback only: not reachable from outside
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://{outside}:{kserve.settings.http_port}/v2/health/ready")
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
+            ):
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_start_and_stop_leave_no_process(tmp_path) -> None:
+    from serving.kserve_control import KServeProcess, _alive, start_background, stop
+    from serving.kserve_runtime import KServeSettings
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    settings = KServeSettings(run_dir=tmp_path, http_port=ports[0], grpc_port=ports[1])
+    assert start_background(settings) == 0
+    pid = KServeProcess(settings).pid()
+    assert pid is not None and _alive(pid)
+    children = _children(pid)  # none expected; any there must go too
+    assert stop(settings) == 0
+    assert not _alive(pid)
+    assert not [child for child in children if _alive(child)]
+    assert not (tmp_path / "kserve.pid").exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{settings.url()}/v2/health/live", timeout=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import ImageDataset, load_dataset, split_calibration
+from training.data import ImageDataset, load_recorded, split_calibration
 from trustgc.artifact import load_model, weights_sha256
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
@@ -28,7 +28,7 @@ __all__ = ["calibration_split", "calibrate_artifact", "dataset_statistics"]
 
 def calibration_split(training: dict, data_dir: Path | None) -> ImageDataset:
     """The held-out calibration images the model's training run carved out."""
-    full = load_dataset(training["dataset"], "train", data_dir)
+    full = load_recorded(training, "train", data_dir)  # the recorded location unless given
     _, calibration = split_calibration(
         full, int(training["calibration_size"]), int(training["calibration_seed"])
     )

@@ -35,6 +35,15 @@ class TrainingConfig(BaseModel):
     seed: int = 0
     amp: bool = False
     limit_train_samples: int | None = Field(default=None, gt=0)
+    # Image folders ("folder" data sets, see training.folder_config): how the files are read,
+    # recorded so that calibration and evaluation read exactly the pixels training saw.
+    image_size: tuple[int, int] | None = Field(
+        default=None, description="(height, width) every image is resized to"
+    )
+    channels: Literal[1, 3] | None = Field(default=None, description="None: detect")
+    test_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="seeded test split of a folder without test/"
+    )
 
     @field_validator("beta", mode="before")
     @classmethod
@@ -46,6 +55,12 @@ class TrainingConfig(BaseModel):
 
 def load_training_config(name_or_path: str | Path, **overrides: Any) -> TrainingConfig:
     """The validated ``training`` section of a config, with fields overridden."""
-    raw = load_config_file(name_or_path)["training"]
+    data = load_config_file(name_or_path)
+    raw = data.get("training") if isinstance(data, dict) else None
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"config {name_or_path} has no 'training' section: add one (see "
+            "trustgc/configs/fashion_mnist.json), or train an image folder with --data-dir alone"
+        )
     given = {key: value for key, value in overrides.items() if value is not None}
     return TrainingConfig.model_validate({**raw, **given})

@@ -23,6 +23,9 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "DataError",
     "ImageDataset",
+    "folder_channels",
+    "folder_classes",
+    "folder_images",
     "load_cifar10",
     "load_dataset",
     "load_fashion_mnist",
@@ -30,6 +33,7 @@ __all__ = [
     "load_image_folder",
     "load_mnist",
     "load_notmnist",
+    "load_recorded",
     "make_synthetic",
     "read_idx",
     "split_calibration",
@@ -231,31 +235,75 @@ def _is_image(name: str) -> bool:
     return not Path(name).name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def load_image_folder(
-    root: Path, size: tuple[int, int] | None = None, channels: int = 3
-) -> ImageDataset:
-    """Read root/CLASS/*.png|jpg|... (classes sorted) so any labelled folder can be evaluated.
+#: Pillow modes whose pixels carry no colour: a folder of only these stays 1-channel.
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
-    ``size`` is (width, height), Pillow's order; images are resized with BILINEAR when given,
-    otherwise all images must already share one size.
-    """
+
+def folder_classes(root: Path) -> list[str]:
+    """Class names of a class-per-folder set: its visible sub-folders, sorted."""
     root = Path(root)
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"no class folders in {root}")
+    return classes
+
+
+def folder_images(root: Path) -> list[tuple[int, Path]]:
+    """(label, path) of every image under root/CLASS/ (classes and files sorted)."""
+    classes = folder_classes(root)
     items = [
-        (label, p, str(p))
+        (label, p)
         for label, cls in enumerate(classes)
-        for p in sorted((root / cls).iterdir())
+        for p in sorted((Path(root) / cls).iterdir())
         if p.is_file() and _is_image(p.name)
     ]
     if not items:
         raise DataError(f"no images with extensions {sorted(IMAGE_EXTENSIONS)} under {root}")
-    return _stack(items, "L" if channels == 1 else "RGB", size, classes)
+    return items
+
+
+def _is_gray(path: Path) -> bool:
+    """Whether an image has no colour: a gray mode, or a palette/RGB image with R = G = B."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in _GRAY_MODES:
+                return True
+            if im.mode not in ("P", "RGB", "RGBA"):
+                return False
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
+    return bool(np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2]))
+
+
+def folder_channels(paths: Sequence[Path]) -> int:
+    """1 if every image is grayscale (by its Pillow mode, or equal colour planes), else 3.
+
+    Grayscale folders stay 1-channel: reading them as RGB would triple the input of the model
+    and its likelihood's dimension for no information.
+    """
+    return 1 if all(_is_gray(Path(p)) for p in paths) else 3
+
+
+def load_image_folder(
+    root: Path, size: tuple[int, int] | None = None, channels: int | None = None
+) -> ImageDataset:
+    """Read root/CLASS/*.png|jpg|... (classes sorted) so any labelled folder can be evaluated.
+
+    ``size`` is (width, height), Pillow's order; images are resized with BILINEAR when given,
+    otherwise all images must already share one size.  ``channels`` None: 1 when every image
+    is grayscale (:func:`folder_channels`), else 3.
+    """
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    root = Path(root)
+    found = folder_images(root)
+    if channels is None:
+        channels = folder_channels([p for _, p in found])
+    items = [(label, p, str(p)) for label, p in found]
+    return _stack(items, "L" if channels == 1 else "RGB", size, folder_classes(root))
 
 
 def _cifar_items(source: Path, split: str) -> tuple[list[tuple[str, str, Path | bytes]], set[str]]:
@@ -378,13 +426,47 @@ def split_calibration(
     return dataset.subset(np.flatnonzero(~calib)), dataset.subset(np.flatnonzero(calib))
 
 
-def load_dataset(name: str, split: str, data_dir: Path | None = None) -> ImageDataset:
+def _load_folder_split(
+    root: Path,
+    split: str,
+    size: tuple[int, int] | None,
+    channels: int | None,
+    test_fraction: float,
+    seed: int,
+) -> ImageDataset:
+    """root/split/CLASS/* when root has that split; else root/CLASS/* with a seeded split.
+
+    The single-folder split is stratified (:func:`split_calibration`) with ``test_fraction`` of
+    the images held out as "test"; ``test_fraction`` 0 keeps the old behaviour (every split
+    reads the whole folder).
+    """
+    if (root / split).is_dir():
+        return load_image_folder(root / split, size, channels)
+    whole = load_image_folder(root, size, channels)
+    if test_fraction <= 0:
+        return whole
+    held_out = max(1, int(round(test_fraction * len(whole))))
+    train_part, test_part = split_calibration(whole, held_out, seed)
+    return train_part if split == "train" else test_part
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    data_dir: Path | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> ImageDataset:
     """Load a data set by registry name, so configs and CLIs can name data sets as strings.
 
     Without data_dir the set comes from the data root (training.data_root).  "synthetic"
-    ignores data_dir (seed 0 for train, 1 for test); "folder" reads
-    data_dir/split if that folder exists, else data_dir; "cifar10" takes the archive, its
-    extracted folder, or a folder holding cifar10-jpg.tgz.
+    ignores data_dir (seed 0 for train, 1 for test); "folder" reads data_dir/split if that
+    folder exists, else data_dir split by ``test_fraction`` and ``seed`` (size (width, height)
+    and channels apply to it only); "cifar10" takes the archive, its extracted folder, or a
+    folder holding cifar10-jpg.tgz.
     """
     known = ("fashion_mnist", "mnist", "notmnist", "cifar10", "synthetic", "folder")
     if name not in known:
@@ -407,4 +489,24 @@ def load_dataset(name: str, split: str, data_dir: Path | None = None) -> ImageDa
         archive = data_dir / "cifar10-jpg.tgz"
         use_archive = data_dir.is_dir() and archive.is_file() and not (data_dir / split).is_dir()
         return load_cifar10(split, archive if use_archive else data_dir)
-    return load_image_folder(data_dir / split if (data_dir / split).is_dir() else data_dir)
+    return _load_folder_split(data_dir, split, size, channels, test_fraction, seed)
+
+
+def load_recorded(training: dict, split: str, data_dir: Path | None = None) -> ImageDataset:
+    """The ``split`` of the data set a training run recorded in its manifest's ``training``.
+
+    ``data_dir`` overrides the recorded location; a folder set is read with the recorded image
+    size, channels and test split, so calibration and evaluation see the pixels training saw.
+    """
+    config = training.get("config", {})
+    recorded = training.get("data_dir")
+    size = config.get("image_size")
+    return load_dataset(
+        training.get("dataset", "fashion_mnist"),
+        split,
+        Path(data_dir) if data_dir is not None else (Path(recorded) if recorded else None),
+        size=(int(size[1]), int(size[0])) if size else None,  # recorded (height, width)
+        channels=config.get("channels"),
+        test_fraction=float(config.get("test_fraction", 0.0)),
+        seed=int(config.get("seed", 0)),
+    )

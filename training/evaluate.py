@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.data import ImageDataset, load_dataset
+from training.data import ImageDataset, load_recorded
 from training.metrics import accuracy, authors_calibration_errors, overconfidence_error, top1_ece
 from trustgc.artifact import load_model
 from trustgc.inference import ModelOutputs, model_outputs
@@ -60,10 +60,10 @@ def evaluate_model(
 def evaluate_artifact(
     model_dir: Path, data_dir: Path | None = None, device: str = "cpu", limit: int | None = None
 ) -> dict[str, Any]:
-    """Evaluate a model artifact on its training data set's test split."""
+    """Evaluate a model artifact on its training data set's test split (read from where the
+    manifest recorded it unless ``data_dir`` is given)."""
     model, manifest = load_model(model_dir, device)
-    dataset_name = manifest.training.get("dataset", "fashion_mnist")
-    dataset = load_dataset(dataset_name, "test", data_dir)
+    dataset = load_recorded(manifest.training, "test", data_dir)
     if limit is not None:
         dataset = dataset.subset(np.arange(min(limit, len(dataset))))
     return evaluate_model(model, dataset, device)

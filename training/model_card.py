@@ -34,6 +34,12 @@ def write_model_card(directory: Path, manifest: ModelManifest, metrics: dict[str
         f"{training.get('training_seconds')} s on {training.get('hardware')} "
         f"(world size {training.get('world_size')}, torch {training.get('torch_version')})",
         f"- Command: `{training.get('command')}`",
+        *(
+            [f"- **Stopped early** by {training['stopped_early']}: fewer epochs than configured"]
+            if training.get("stopped_early")
+            else []
+        ),
+        *([f"- Data location: `{training['data_dir']}`"] if training.get("data_dir") else []),
         "",
         "## Test metrics",
         "",

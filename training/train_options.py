@@ -30,7 +30,11 @@ class TrainOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    config: str = Field("fashion_mnist", description="config name or JSON path")
+    config: str | None = Field(
+        None,
+        description="config name or JSON path (default: inferred when --data-dir is a folder "
+        "of class sub-folders, else fashion_mnist)",
+    )
     out: Path = Field(description="model artifact directory")
     beta: float | None = Field(None, ge=0, description="IB weight (inf: cross-entropy only)")
     epochs: int | None = Field(None, description="training epochs (default: the config's)")
@@ -41,7 +45,17 @@ class TrainOptions(BaseModel):
     limit_train_samples: int | None = Field(
         None, description="train on the first N training images only"
     )
-    data_dir: Path | None = Field(None, description="data set directory (default per set)")
+    data_dir: Path | None = Field(
+        None,
+        description="data set directory (default per set); a folder of class sub-folders (or "
+        "train/ and test/ holding them) is trained on without a config",
+    )
+    preset: str | None = Field(
+        None, description="architecture for an image folder: tiny, small (default) or medium"
+    )
+    image_size: int | None = Field(
+        None, gt=0, description="resize an image folder's images to N x N (default: inferred)"
+    )
     device: str = Field("auto", description="auto, cpu or cuda")
     resume: bool = Field(False, description="continue from the checkpoint")
     time_budget_minutes: float | None = Field(

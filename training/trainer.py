@@ -26,7 +26,7 @@ from tqdm import tqdm
 from training.augment import random_crop, random_hflip
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainingConfig, load_training_config
-from training.data import ImageDataset, load_dataset, split_calibration
+from training.data import ImageDataset, load_recorded, split_calibration
 from training.distributed import (
     DistributedContext,
     all_reduce_mean,
@@ -68,9 +68,18 @@ def _make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Opt
     return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
 
 
+def _recorded(config: TrainingConfig, data_dir: Path | None) -> dict[str, Any]:
+    """What the manifest records about the data: read back by calibrate, evaluate and ood."""
+    return {
+        "dataset": config.dataset,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
+        "config": config.model_dump(mode="json"),
+    }
+
+
 def _prepare_data(config: TrainingConfig, data_dir: Path | None) -> tuple[ImageDataset, dict]:
     """Training part of the train split (the calibration split carved out and recorded)."""
-    full = load_dataset(config.dataset, "train", data_dir)
+    full = load_recorded(_recorded(config, data_dir), "train")
     train_part, calibration = split_calibration(full, config.calibration_size, config.seed)
     if config.limit_train_samples is not None:
         train_part = train_part.subset(np.arange(min(config.limit_train_samples, len(train_part))))
@@ -256,17 +265,30 @@ def _hardware(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _stop_reason(options: TrainOptions, config: TrainingConfig, state: _RunState) -> str | None:
+    """Why training ended before the config's epochs (None: it ran them all)."""
+    if state.epoch >= config.epochs:
+        return None
+    if options.max_steps is not None and state.step >= options.max_steps:
+        return f"--max-steps {options.max_steps}"
+    if options.time_budget_minutes:
+        return f"--time-budget-minutes {options.time_budget_minutes:g}"
+    return "interrupted"
+
+
 def _finish(options, model, model_config, config, split, class_names, state, context):
     """Evaluate on the test split and write the artifact (main rank only)."""
     metrics: dict[str, Any] = {}
     if options.evaluate:
-        test = load_dataset(config.dataset, "test", options.data_dir)
+        test = load_recorded(_recorded(config, options.data_dir), "test")
         metrics = evaluate_model(model, test, context.device)
     training_meta = {
         "dataset": config.dataset,
+        "data_dir": _recorded(config, options.data_dir)["data_dir"],
         "beta": config.beta if math.isfinite(config.beta) else "inf",
         "config": config.model_dump(mode="json"),
         "epochs_completed": state.epoch,
+        "stopped_early": _stop_reason(options, config, state),
         "steps": state.step,
         "training_seconds": round(state.elapsed_seconds, 1),
         "hardware": _hardware(context.device),
@@ -292,8 +314,34 @@ def _finish(options, model, model_config, config, split, class_names, state, con
     return metrics
 
 
+def resolve_config(options: TrainOptions) -> TrainOptions:
+    """Options with ``config`` set: a folder's inferred config (written to OUT/config.json),
+    else fashion_mnist.  Refuses an ``--out`` that is a file and folder flags without a folder.
+    """
+    if options.out.exists() and not options.out.is_dir():
+        raise ValueError(f"--out {options.out} is a file: give a directory for the model")
+    if options.config is not None:
+        if options.preset or options.image_size:
+            raise ValueError("--preset and --image-size apply to an image folder without --config")
+        return options
+    from training.folder_config import is_image_folder, write_folder_config
+
+    if not is_image_folder(options.data_dir):
+        if options.preset or options.image_size:
+            raise ValueError(
+                f"--preset and --image-size need --data-dir to be a folder of class sub-folders "
+                f"(or train/ and test/ holding them), got {options.data_dir}"
+            )
+        return options.model_copy(update={"config": "fashion_mnist"})
+    path = write_folder_config(
+        options.data_dir, options.out, options.preset, options.image_size, options.seed
+    )
+    return options.model_copy(update={"config": str(path)})
+
+
 def train(options: TrainOptions) -> dict[str, Any]:
     """Run training as described by ``options``; returns the test metrics (main rank)."""
+    options = resolve_config(options)
     context = setup_distributed(options.device)
     if options.time_budget_minutes and context.enabled:
         raise ValueError("--time-budget-minutes is for single-process runs only")
@@ -370,6 +418,13 @@ def train(options: TrainOptions) -> dict[str, Any]:
         state.elapsed_seconds = stopwatch()
         if not context.is_main:
             return {}
+        reason = _stop_reason(options, config, state)
+        if reason:
+            print(
+                f"training stopped by {reason} after {state.epoch} of {config.epochs} epochs "
+                f"({state.step} steps); the model card records it",
+                file=sys.stderr,
+            )
         return _finish(
             options, model, model_config, config, split, train_part.class_names, state, context
         )

@@ -374,7 +374,7 @@ def test_load_dataset_folder_uses_split_subfolder(tmp_path: Path) -> None:
     Image.new("L", (3, 3), 9).save(tmp_path / "test" / "only" / "x.bmp")
     ds = load_dataset("folder", "test", tmp_path)
     assert ds.class_names == ("only",)
-    assert ds.images.shape == (1, 3, 3, 3)
+    assert ds.images.shape == (1, 3, 3, 1)  # a grayscale folder stays 1-channel
     assert np.all(ds.images == 9)
 
 

@@ -1,0 +1,131 @@
+"""Units of the OIP runtime without a server: the dynamic batcher and the tensor codec."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+
+import numpy as np
+import pytest
+
+from serving.errors import ErrorCode, InputError
+from serving.oip_batcher import MicroBatcher
+from serving.oip_codec import ImageAnswer, image_elements, outputs, request_options
+from serving.schema import error_response
+
+
+def _images(count: int, value: int) -> np.ndarray:
+    return np.full((count, 1, 2, 2), value, dtype=np.uint8)
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_results() -> None:
+    calls: list[tuple[int, list[bool]]] = []
+
+    def run(pixels: np.ndarray, flags: list[bool]) -> list[int]:
+        calls.append((len(pixels), flags))
+        return [int(p[0, 0, 0]) for p in pixels]  # each image's marker value
+
+    async def main() -> list[list[int]]:
+        batcher = MicroBatcher(run, max_batch=8, max_delay=0.05, workers=1)
+        try:
+            return await asyncio.gather(
+                batcher.submit(_images(1, 1), False),
+                batcher.submit(_images(2, 2), True),
+                batcher.submit(_images(3, 3), False),
+            )
+        finally:
+            batcher.close()
+
+    results = asyncio.run(main())
+    assert results == [[1], [2, 2], [3, 3, 3]]
+    assert calls == [(6, [False, True, True, False, False, False])]
+
+
+def test_a_batch_never_exceeds_max_batch() -> None:
+    sizes: list[int] = []
+    lock = threading.Lock()
+
+    def run(pixels, flags):  # noqa: ARG001
+        with lock:
+            sizes.append(len(pixels))
+        return list(range(len(pixels)))
+
+    async def main() -> None:
+        batcher = MicroBatcher(run, max_batch=4, max_delay=0.02, workers=2)
+        try:
+            await asyncio.gather(*(batcher.submit(_images(3, 0), False) for _ in range(4)))
+            assert await batcher.submit(_images(6, 0), False) == list(range(6))  # alone
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+    assert sorted(sizes) == [3, 3, 3, 3, 6]
+
+
+def test_a_failing_batch_fails_its_requests_only() -> None:
+    def run(pixels, flags):  # noqa: ARG001
+        if pixels[0, 0, 0, 0] == 9:
+            raise RuntimeError("boom")
+        return [0] * len(pixels)
+
+    async def main() -> None:
+        batcher = MicroBatcher(run, max_batch=1, max_delay=0.0, workers=1)
+        try:
+            with pytest.raises(RuntimeError, match="boom"):
+                await batcher.submit(_images(1, 9), False)
+            assert await batcher.submit(_images(1, 1), False) == [0]
+        finally:
+            batcher.close()
+
+    asyncio.run(main())
+
+
+class _Tensor:
+    def __init__(self, data, datatype: str = "BYTES") -> None:
+        self.name, self.datatype, self.data = "images", datatype, data
+
+
+def test_image_elements_from_bytes_and_base64() -> None:
+    elements = image_elements([_Tensor([b"abc", base64.b64encode(b"xyz").decode(), "%%%"])])
+    assert elements[:2] == [b"abc", b"xyz"]
+    assert isinstance(elements[2], InputError)
+    assert elements[2].code == ErrorCode.UNDECODABLE_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("inputs", "code"),
+    [
+        ([], ErrorCode.MISSING_IMAGE),
+        ([_Tensor([1.0], "FP32")], ErrorCode.UNSUPPORTED_MEDIA),
+        ([_Tensor([])], ErrorCode.EMPTY_BODY),
+    ],
+)
+def test_unusable_inputs_name_the_problem(inputs, code) -> None:
+    with pytest.raises(InputError) as caught:
+        image_elements(inputs)
+    assert caught.value.code == code
+
+
+def test_request_options_from_rest_and_grpc_parameters() -> None:
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    assert request_options({"top_k": 3, "explain": True, "binary_data_output": False}).top_k == 3
+    grpc_params = {
+        "top_k": pb.InferParameter(int64_param=2),
+        "explain": pb.InferParameter(bool_param=True),
+    }
+    options = request_options(grpc_params)
+    assert (options.top_k, options.explain) == (2, True)
+    with pytest.raises(InputError, match="top_k") as caught:
+        request_options({"top_k": 0})
+    assert caught.value.code == ErrorCode.INVALID_PARAMETER
+
+
+def test_outputs_for_errors_are_nan_and_invalid_input() -> None:
+    tensors = {t["name"]: t for t in outputs([ImageAnswer(error_response("x", "y"))], 4)}
+    assert tensors["probabilities"]["shape"] == [1, 4]
+    assert np.isnan(tensors["probabilities"]["data"]).all()
+    assert np.isnan(tensors["ood_p_value"]["data"][0])
+    assert list(tensors["decision"]["data"]) == [b"invalid_input"]
+    assert tensors["answer"]["data"][0].startswith(b'{"error"')

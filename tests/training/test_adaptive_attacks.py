@@ -1,0 +1,137 @@
+"""Adaptive attack suite (training/adaptive_attacks.py, training/robustness.py).
+
+Ground truth: the served statistics of the shipped model (the torch forms must reproduce them),
+the served decision (every success the attack reports must be accepted with a wrong label when
+the returned 8-bit image is sent to the predictor again), and curves worked out by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.adaptive_attacks import (
+    AttackMode,
+    ServedPenalty,
+    _delta,
+    _project_l2,
+    run_mode,
+    served_outcome,
+    torch_statistics,
+)
+from training.data import FASHION_MNIST_DIR, load_fashion_mnist
+from training.robustness import EPSILONS, robustness_curve
+from trustgc.trust import Predictor
+from trustgc.trust.statistics import png_code_length_bits
+from trustgc.trust.table import Decision
+
+MODEL = Path("model_store/fashion_mnist")
+needs_model = pytest.mark.skipif(
+    not (MODEL / "calibration.json").exists()
+    or not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="needs the shipped model and Debian's dataset-fashion-mnist",
+)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.set_num_threads(1)
+    return Predictor.from_artifact(MODEL)
+
+
+@pytest.fixture(scope="module")
+def test_images() -> tuple[np.ndarray, np.ndarray]:
+    test = load_fashion_mnist("test")
+    return test.images[:16].transpose(0, 3, 1, 2), test.labels[:16]
+
+
+def test_robustness_curve_by_hand():
+    min_l2 = np.array([0.1, 0.5, 0.5, 1.49, 2.0, math.inf, 3.0, 0.26])
+    curve = robustness_curve(min_l2)
+    expected = {0.25: 1 / 8, 0.5: 4 / 8, 1.5: 5 / 8, 2.0: 6 / 8, 3.0: 7 / 8}
+    for eps, share in expected.items():
+        assert curve[EPSILONS.index(eps)] == pytest.approx(share)
+    assert len(EPSILONS) == 12 and EPSILONS[0] == 0.25 and EPSILONS[-1] == 3.0
+
+
+@pytest.mark.parametrize("grid", [None, 7])
+def test_projection_bounds_the_upsampled_perturbation(grid):
+    shape = torch.Size((5, 1, 28, 28))
+    size = (5, 1, grid, grid) if grid else tuple(shape)
+    parameter = torch.randn(size) * torch.tensor([0.01, 0.1, 1.0, 3.0, 10.0]).view(-1, 1, 1, 1)
+    projected = _project_l2(parameter, grid, shape, radius=1.0)
+    norms = _delta(projected, grid, shape).flatten(1).norm(dim=1)
+    before = _delta(parameter, grid, shape).flatten(1).norm(dim=1)
+    assert torch.all(norms <= 1.0 + 1e-5)
+    inside = before <= 1.0
+    assert torch.allclose(norms[inside], before[inside])  # points inside the ball stay put
+    assert torch.allclose(norms[~inside], torch.ones(int((~inside).sum())), atol=1e-5)
+
+
+@needs_model
+def test_torch_statistics_equal_the_served_ones(predictor, test_images):
+    """With the exact PNG length, the differentiable forms give the served statistics."""
+    pixels, _ = test_images
+    table = predictor.score(pixels)
+    x = (torch.from_numpy(pixels).float() + 0.5) / 256.0
+    with torch.no_grad():
+        scores = predictor.model.score(x)
+    png = torch.from_numpy(png_code_length_bits(pixels)).float()
+    names = tuple(table.statistics)
+    forms = torch_statistics(scores, png, names)
+    assert set(forms) == set(names)
+    for name in names:
+        np.testing.assert_allclose(
+            forms[name].double().numpy(), table.statistics[name], rtol=1e-3, atol=2e-3, err_msg=name
+        )
+    without_png = torch_statistics(scores, None, names)
+    assert "complexity_excess" not in without_png and "typicality" in without_png
+
+
+@needs_model
+def test_penalty_is_one_sided_where_the_test_is(predictor, test_images):
+    pixels, _ = test_images
+    penalty = ServedPenalty(predictor.calibration, surrogate=True)
+    assert {"complexity_excess", "logit_margin", "max_posterior"} <= penalty.upper
+    assert "typicality" not in penalty.upper
+    no_png = ServedPenalty(predictor.calibration, surrogate=False)
+    assert "complexity_excess" not in no_png.names and "typicality" in no_png.names
+    x = (torch.from_numpy(pixels).float() + 0.5) / 256.0
+    with torch.no_grad():
+        scores = predictor.model.score(x)
+    png = torch.from_numpy(png_code_length_bits(pixels)).float()
+    values = penalty(scores, png)
+    assert values.shape == (len(pixels),) and torch.all(values >= 0)
+    # hand check on one image: the sum of the (clamped) squared z-scores
+    forms = torch_statistics(scores, png, penalty.names)
+    total = 0.0
+    for name, value in forms.items():
+        z = (value[0].item() - penalty.centre[name]) / penalty.scale[name]
+        total += max(z, 0.0) ** 2 if name in penalty.upper else z**2
+    assert values[0].item() == pytest.approx(total, rel=1e-4)
+
+
+@needs_model
+@pytest.mark.slow
+def test_reported_successes_are_served_successes(predictor, test_images):
+    """Every L2 the attack reports belongs to an 8-bit image that the service accepts with a
+    wrong label, and equals that image's distance to the clean one."""
+    pixels, labels = test_images
+    table = predictor.score(pixels)
+    keep = (table.predicted_index == labels) & (table.decisions == Decision.ACCEPTED)
+    pixels, labels = pixels[keep][:4], labels[keep][:4]
+    mode = AttackMode(name="cw", steps=60, lr=0.03, check_every=5)
+    result = run_mode(predictor, pixels, labels, mode, surrogate=None)
+    fooled = np.isfinite(result.l2)
+    assert fooled.any(), "60 steps should fool at least one of four images"
+    wrong, decisions = served_outcome(predictor, result.adversarial[fooled], labels[fooled])
+    assert np.all(wrong) and np.all(decisions == Decision.ACCEPTED)
+    distance = np.sqrt(
+        ((result.adversarial.astype(float) - pixels) ** 2).reshape(len(pixels), -1).sum(1)
+    )
+    np.testing.assert_allclose(result.l2[fooled], distance[fooled] / 256.0)
+    assert np.array_equal(result.adversarial[~fooled], pixels[~fooled])

@@ -1,0 +1,238 @@
+"""Robustness curves under the adaptive attack suite: ``python -m training.robustness``.
+
+For each attacked image the suite (training/adaptive_attacks.py) runs every mode and keeps the
+smallest L2 at which the *service* accepted a wrong label (for an undefended classifier: any
+wrong label).  The curve is the share of attacked images with such an answer at L2 <= eps, eps
+in 0.25, 0.5, ..., 3.0 ([0, 1] pixel units, measured on the 8-bit adversarial).
+
+Images: seeded random test images that both models classify correctly and that the GC accepts
+when clean (the others are counted in the JSON); the same images for every model and mode.
+Modes run one after the other over all images, in chunks, and the JSON is rewritten after
+every chunk, so an interrupted run still leaves every finished mode's numbers.  A mode is not
+run on an image whose best L2 so far is already <= the smallest eps (it cannot move the curve).
+
+``--plot`` draws the curves of finished result files into one PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.adaptive_attacks import AttackMode, run_mode
+from training.data import load_fashion_mnist
+from training.surrogates import PngSurrogate, fit_png_surrogate, perturbed_copies
+from trustgc.trust import Predictor
+from trustgc.trust.table import Decision
+
+__all__ = [
+    "EPSILONS",
+    "SUITES",
+    "robustness_curve",
+    "select_images",
+]
+
+EPSILONS = tuple(round(0.25 * k, 2) for k in range(1, 13))
+_STEPS = 150
+_LR = 0.02
+#: The full adaptive suite, most effective modes first (see training/adaptive_attacks.py).
+_FULL = (
+    AttackMode(name="cw_runner_up", steps=_STEPS, lr=_LR),
+    AttackMode(name="lowfreq_14", grid=14, steps=_STEPS, lr=_LR),
+    AttackMode(name="sparse_l1", l1=0.05, steps=_STEPS, lr=_LR),
+    AttackMode(name="pgd_runner_up", kind="pgd", steps=_STEPS),
+    AttackMode(name="lowfreq_7", grid=7, steps=_STEPS, lr=_LR),
+    AttackMode(name="cw_random", target="random", steps=_STEPS, lr=_LR),
+)
+SUITES: dict[str, tuple[AttackMode, ...]] = {
+    "full": _FULL,
+    # the same attacker without the PNG surrogate: a gradient-only attacker
+    "no_surrogate": tuple(m.model_copy(update={"surrogate": False}) for m in _FULL[:1]),
+    # an undefended classifier: no detector, any wrong label counts, no confidence cap
+    "undefended": tuple(m.model_copy(update={"d": 0.0, "kappa": 0.0}) for m in _FULL),
+}
+
+
+def robustness_curve(min_l2: np.ndarray, epsilons=EPSILONS) -> list[float]:
+    """Share of images whose minimal successful L2 is <= eps, per eps (inf: never fooled)."""
+    min_l2 = np.asarray(min_l2, dtype=np.float64)
+    return [float(np.mean(min_l2 <= eps)) for eps in epsilons]
+
+
+def select_images(
+    gc: Predictor,
+    baseline: Predictor | None,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    seed: int,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Indices of n seeded random test images correct for both models and accepted by the GC."""
+    order = np.random.default_rng(seed).permutation(len(pixels))
+    chosen: list[int] = []
+    counts = {"drawn": 0, "gc_wrong": 0, "gc_not_accepted": 0, "baseline_wrong": 0}
+    for start in range(0, len(order), 2 * n):
+        batch = order[start : start + 2 * n]
+        table = gc.score(pixels[batch])
+        gc_ok = table.predicted_index == labels[batch]
+        accepted = table.decisions == Decision.ACCEPTED
+        base_ok = np.ones(len(batch), bool)
+        if baseline is not None:
+            base_ok = baseline.score(pixels[batch]).predicted_index == labels[batch]
+        for row, index in enumerate(batch):
+            if len(chosen) == n:
+                return np.array(chosen), counts
+            counts["drawn"] += 1
+            counts["gc_wrong"] += int(not gc_ok[row])
+            counts["gc_not_accepted"] += int(gc_ok[row] and not accepted[row])
+            counts["baseline_wrong"] += int(gc_ok[row] and accepted[row] and not base_ok[row])
+            if gc_ok[row] and accepted[row] and base_ok[row]:
+                chosen.append(int(index))
+    return np.array(chosen), counts
+
+
+def _fit_surrogate(seed: int) -> PngSurrogate:
+    train = load_fashion_mnist("train").images.transpose(0, 3, 1, 2)
+    rng = np.random.default_rng(seed)
+    return fit_png_surrogate(perturbed_copies(train[rng.choice(len(train), 300, replace=False)]))
+
+
+def _summary(per_mode: dict[str, list[float]]) -> dict:
+    l2 = np.array(list(per_mode.values()), dtype=np.float64)
+    min_l2 = l2.min(axis=0)
+    finite = min_l2[np.isfinite(min_l2)]
+    return {
+        "epsilons": list(EPSILONS),
+        "curve": robustness_curve(min_l2),
+        "success_any_l2": float(np.mean(np.isfinite(min_l2))),
+        "median_min_l2": float(np.median(min_l2)),  # inf if fewer than half were fooled
+        "median_min_l2_successful": float(np.median(finite)) if finite.size else None,
+        "per_mode_at_1_5": {
+            name: float(np.mean(np.array(v) <= 1.5)) for name, v in per_mode.items()
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    test = load_fashion_mnist("test")
+    pixels, labels = test.images.transpose(0, 3, 1, 2), test.labels
+    gc = Predictor.from_artifact(args.gc)
+    baseline = Predictor.from_artifact(args.baseline) if args.baseline else None
+    indices, excluded = select_images(gc, baseline, pixels, labels, args.n, args.seed)
+    target = gc if args.model == "gc" else baseline
+    if target is None:
+        raise SystemExit("--model baseline needs --baseline")
+    suite = SUITES[args.suite]
+    if args.modes:
+        suite = tuple(m for m in suite if m.name in args.modes.split(","))
+    surrogate = _fit_surrogate(args.seed) if args.suite == "full" and args.model == "gc" else None
+    result = {
+        "command": "python -m training.robustness " + " ".join(args.argv),
+        "model": str(args.gc if args.model == "gc" else args.baseline),
+        "model_kind": args.model,
+        "suite": args.suite,
+        "modes": [m.model_dump() for m in suite],
+        "surrogate": surrogate.model_dump() if surrogate else None,
+        "n": int(len(indices)),
+        "seed": args.seed,
+        "test_indices": indices.tolist(),
+        "excluded": excluded,
+        "threads": args.threads,
+        "l2": {},
+        "final_decisions": {},
+        "seconds": {},
+        "finished": False,
+    }
+    best = np.full(len(indices), np.inf)
+    started = time.time()
+    for mode in suite:
+        l2 = np.full(len(indices), np.inf)
+        counts = {str(d): 0 for d in Decision}
+        mode_start = time.time()
+        todo = np.flatnonzero(best > EPSILONS[0])
+        for start in range(0, len(todo), args.chunk):
+            rows = todo[start : start + args.chunk]
+            out = run_mode(target, pixels[indices[rows]], labels[indices[rows]], mode, surrogate)
+            l2[rows] = out.l2
+            for key, value in out.decision_counts.items():
+                counts[key] += value
+            best = np.minimum(best, l2)
+            result["l2"][mode.name] = l2.tolist()
+            result["final_decisions"][mode.name] = counts
+            result["seconds"][mode.name] = round(time.time() - mode_start, 1)
+            result["summary"] = _summary(result["l2"])
+            result["load_average"] = list(os.getloadavg())
+            _write(args.out, result)
+            print(
+                f"[{time.time() - started:7.0f}s] {mode.name}: {start + len(rows)}/{len(todo)} "
+                f"images, accepted-wrong at L2<=1.5 so far {np.mean(best <= 1.5):.3f}",
+                flush=True,
+            )
+    result["finished"] = True
+    result["seconds"]["total"] = round(time.time() - started, 1)
+    _write(args.out, result)
+    return result
+
+
+def _write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=1, allow_nan=True).replace("Infinity", '"inf"')
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def plot(files: list[Path], out: Path) -> None:
+    """One curve per result file: accepted wrong-label answers vs the L2 budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for file in files:
+        data = json.loads(file.read_text())
+        summary = data["summary"]
+        label = f"{data['model_kind']} / {data['suite']} (n={data['n']})"
+        axis.plot(summary["epsilons"], [100 * v for v in summary["curve"]], marker="o", label=label)
+    axis.set_xlabel("L2 budget eps ([0, 1] pixels, 8-bit adversarial)")
+    axis.set_ylabel("accepted with a wrong label (%)")
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gc", type=Path, default=Path("model_store/fashion_mnist"))
+    parser.add_argument("--baseline", type=Path, help="CNN baseline artifact (undefended)")
+    parser.add_argument("--model", choices=("gc", "baseline"), default="gc")
+    parser.add_argument("--suite", choices=tuple(SUITES), default="full")
+    parser.add_argument("--modes", help="comma-separated subset of the suite's mode names")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/robustness_gc.json"))
+    parser.add_argument("--plot", type=Path, nargs="+", help="result files to draw (no attack)")
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    if args.plot:
+        plot(args.plot, args.out)
+        return 0
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

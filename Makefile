@@ -51,11 +51,16 @@ start: $(STAMP) model_store/fashion_mnist.mar  ## start TorchServe in the backgr
 stop: $(STAMP)  ## stop the background TorchServe
 	$(VENV)/bin/trustgc stop
 
-model_store/fashion_mnist.mar: | $(STAMP)
+# What the archive packs, and the code that packs it: the .mar is rebuilt whenever one of them
+# is newer, so the served alpha (calibration.json) never lags behind the artifact.
+MAR_INPUTS := $(addprefix $(MODEL_DIR)/,model.json weights.safetensors calibration.json) \
+	$(wildcard $(MODEL_DIR)/model.onnx $(MODEL_DIR)/onnx.json) \
+	deploy/torchserve/model-config.yaml serving/archive.py serving/torchserve_entry.py
+
+model_store/fashion_mnist.mar: $(MAR_INPUTS) | $(STAMP)
 	$(VENV)/bin/trustgc archive --model $(MODEL_DIR)
 
-archive: $(STAMP)  ## rebuild model_store/fashion_mnist.mar from the model artifact
-	$(VENV)/bin/trustgc archive --model $(MODEL_DIR)
+archive: model_store/fashion_mnist.mar  ## rebuild model_store/fashion_mnist.mar if its inputs changed (make -B archive: always)
 
 protos: $(STAMP)  ## regenerate the gRPC/protobuf stubs in serving/grpc_stubs
 	PYTHON=$(PY) scripts/gen_protos.sh
@@ -63,15 +68,11 @@ protos: $(STAMP)  ## regenerate the gRPC/protobuf stubs in serving/grpc_stubs
 schema: $(STAMP)  ## write the response JSON Schema to docs/response.schema.json
 	$(PY) -m serving.schema_export docs/response.schema.json
 
-calibrate: $(STAMP)  ## refit the shipped model's p-value references (and the alpha rules)
+calibrate: $(STAMP)  ## refit the shipped model's p-value references, then rebuild the archive
 	$(VENV)/bin/trustgc calibrate --model $(MODEL_DIR)
-	$(PY) deploy/prometheus/render_rules.py
-
-alert-rules: $(STAMP)  ## regenerate the Prometheus alpha rules from calibration.json
-	$(PY) deploy/prometheus/render_rules.py
+	$(MAKE) model_store/fashion_mnist.mar
 
 deploy-check: setup  ## validate Prometheus rules/config, Alertmanager and compose offline
-	$(PY) deploy/prometheus/render_rules.py --check
 	promtool check config deploy/prometheus/prometheus.yml
 	cd deploy/prometheus && promtool test rules tests/*.test.yml
 	amtool check-config deploy/alertmanager/alertmanager.yml
@@ -90,4 +91,4 @@ train-default: $(STAMP)  ## retrain the shipped Fashion-MNIST model (hours on 2 
 evaluate: $(STAMP)  ## test metrics of the shipped model
 	$(VENV)/bin/trustgc evaluate --model $(MODEL_DIR)
 
-.PHONY: help system-deps setup data data-check test test-slow lint serve start stop archive protos schema calibrate alert-rules deploy-check train-default evaluate
+.PHONY: help system-deps setup data data-check test test-slow lint serve start stop archive protos schema calibrate deploy-check train-default evaluate

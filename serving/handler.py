@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ import torch
 
 from serving.decode import DecodeLimits, decode_image
 from serving.errors import ErrorCode, InputError, http_status
-from serving.metrics import HandlerMetrics
+from serving.metrics import HandlerMetrics, MetricSpec, calibration_id
 from serving.requests import RequestOptions, parse_request, wants_protobuf
 from serving.responses import build_response
 from serving.schema import error_response
 from trustgc.backend import choose_backend
+from trustgc.trust.calibration import CALIBRATION_FILE
 from trustgc.trust.predictor import Predictor
 
 __all__ = ["TrustGCHandler"]
@@ -43,14 +45,20 @@ def _headers(context, index: int) -> dict[str, Any]:
         return {}
 
 
-def backend_info(cache, model_name: str, backend: str) -> None:
-    """``gc_backend_info{ModelName, backend} = 1``: which backend runs f, for dashboards."""
+def ts_register(cache) -> Callable[[MetricSpec], Any]:
+    """Register metrics in TorchServe's metrics cache (the only place that knows ``ts``)."""
     from ts.metrics.metric_type_enum import MetricTypes
 
-    gauge = cache.add_metric_to_cache(
-        "gc_backend_info", "count", ["ModelName", "backend"], MetricTypes.GAUGE
-    )
-    gauge.add_or_update(1, [model_name, backend])
+    kinds = {
+        "counter": MetricTypes.COUNTER,
+        "gauge": MetricTypes.GAUGE,
+        "histogram": MetricTypes.HISTOGRAM,
+    }
+
+    def register(spec: MetricSpec):
+        return cache.add_metric_to_cache(spec.name, spec.unit, list(spec.labels), kinds[spec.kind])
+
+    return register
 
 
 class TrustGCHandler:
@@ -81,13 +89,20 @@ class TrustGCHandler:
             max_bytes=int(settings.get("max_body_bytes", self.limits.max_bytes)),
             max_pixels=int(settings.get("max_image_pixels", self.limits.max_pixels)),
         )
-        self.metrics = (
-            HandlerMetrics(context.metrics, self.model_name, manifest.class_names)
-            if context.metrics
-            else None
-        )
+        self.metrics = None
         if context.metrics:
-            backend_info(context.metrics, self.model_name, backend)
+            self.metrics = HandlerMetrics(
+                ts_register(context.metrics), self.model_name, manifest.class_names
+            )
+            calibration = self.predictor.calibration
+            if calibration is None:  # a discriminative baseline: no tests, no alphas
+                self.metrics.served(backend)
+            else:
+                self.metrics.served(
+                    backend,
+                    {"ood": calibration.ood_alpha, "attack": calibration.attack_alpha},
+                    calibration_id(model_dir / CALIBRATION_FILE),
+                )
         logger.info(
             "trustgc handler ready: model %s, backend %s (%s), %d torch threads",
             self.model_name,

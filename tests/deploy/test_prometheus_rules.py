@@ -3,17 +3,16 @@
 promtool (Debian's ``prometheus`` package) checks the config and rules and runs the unit tests
 in deploy/prometheus/tests/; these tests skip with the reason when it is missing.  The rest
 checks what promtool cannot: every alert is documented with a runbook anchor that exists, has a
-firing and a silent unit-test case, the alpha constants match the shipped calibration, and the
-binomial bound keeps its promised false-alarm rate.
+firing and a silent unit-test case, the alphas are the served ones (the handler's gc_alpha; see
+tests/serving/test_served_metrics.py), and the binomial bound keeps its promised false-alarm
+rate.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS_DIR / "rules" / "trustgc.rules.yml"
-ALPHA_RULES = PROMETHEUS_DIR / "rules" / "trustgc-alphas.rules.yml"
 UNIT_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
 ALERTMANAGER = REPO_ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 DOCS = REPO_ROOT / "docs" / "observability.md"
@@ -61,7 +59,7 @@ def test_promtool_check_config() -> None:
 
 @needs_promtool
 def test_promtool_check_rules() -> None:
-    result = _promtool("check", "rules", str(RULES), str(ALPHA_RULES))
+    result = _promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -121,44 +119,15 @@ def test_statistical_alerts_use_alpha_and_a_traffic_floor() -> None:
         assert re.search(r">= 50\b", alerts[name]["expr"]), f"{name}: no traffic floor"
 
 
-# ------------------------------------------------------------------------ alpha constants
-def test_alpha_rules_are_up_to_date() -> None:
-    result = subprocess.run(
-        [sys.executable, str(PROMETHEUS_DIR / "render_rules.py"), "--check"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_alpha_rules_hold_the_shipped_calibration() -> None:
-    calibration = json.loads((MODEL_DIR / "calibration.json").read_text())
-    name = json.loads((MODEL_DIR / "model.json").read_text())["name"]
-    rules = yaml.safe_load(ALPHA_RULES.read_text())["groups"][0]["rules"]
-    values = {
-        (rule["record"], rule["labels"]["ModelName"]): float(
-            re.fullmatch(r"vector\((.+)\)", rule["expr"])[1]
-        )
-        for rule in rules
+# ------------------------------------------------------------------------ served alphas
+def test_alphas_are_read_from_the_served_metric_not_a_copy() -> None:
+    groups = {g["name"]: g["rules"] for g in yaml.safe_load(RULES.read_text())["groups"]}
+    records = {rule["record"]: rule["expr"] for rule in groups["trustgc-alphas"]}
+    assert records == {
+        "trustgc:ood_alpha": 'max by (ModelName) (gc_alpha{test="ood"})',
+        "trustgc:attack_alpha": 'max by (ModelName) (gc_alpha{test="attack"})',
     }
-    assert values[("trustgc:ood_alpha", name)] == calibration["ood_alpha"]
-    assert values[("trustgc:attack_alpha", name)] == calibration["attack_alpha"]
-
-
-def test_render_rules_names_and_rejects_bad_alphas(tmp_path) -> None:
-    model = tmp_path / "m"
-    model.mkdir()
-    (model / "calibration.json").write_text(json.dumps({"ood_alpha": 0.05, "attack_alpha": 0.02}))
-    output = tmp_path / "alphas.yml"
-    script = [sys.executable, str(PROMETHEUS_DIR / "render_rules.py"), "--output", str(output)]
-    result = subprocess.run([*script, "--model", f"served-name={model}"], capture_output=True)
-    assert result.returncode == 0, result.stderr
-    text = output.read_text()
-    assert 'ModelName: "served-name"' in text and "vector(0.05)" in text and "vector(0.02)" in text
-    (model / "calibration.json").write_text(json.dumps({"ood_alpha": 1.5, "attack_alpha": 0.02}))
-    result = subprocess.run([*script, "--model", str(model)], capture_output=True, text=True)
-    assert result.returncode != 0 and "ood_alpha" in result.stderr
+    assert sorted(p.name for p in (PROMETHEUS_DIR / "rules").glob("*.yml")) == [RULES.name]
 
 
 # -------------------------------------------------------------------- the binomial bound
@@ -173,9 +142,12 @@ def _rule_bound(n, alpha, z):
 def test_binomial_bound_keeps_the_false_alarm_rate_near_one_in_a_thousand() -> None:
     from scipy.stats import binom
 
-    expr = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
+    groups = yaml.safe_load(RULES.read_text())["groups"]
     bound_expr = next(
-        r["expr"] for r in expr if r.get("record") == "trustgc:ood_rejections:bound5m"
+        r["expr"]
+        for group in groups
+        for r in group["rules"]
+        if r.get("record") == "trustgc:ood_rejections:bound5m"
     )
     z = float(re.search(r"\+ ([0-9.]+) \* sqrt", bound_expr)[1])
     assert z == pytest.approx(3.09)

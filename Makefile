@@ -25,7 +25,7 @@ system-deps:  ## install the Debian packages the tests and targets use (apt-get;
 
 setup: system-deps $(STAMP)  ## system packages, then .venv with trustgc and its dev tools
 
-data: $(STAMP)  ## fetch MNIST, notMNIST, CIFAR-10 into the data root ($$TRUSTGC_DATA), sha256-checked
+data: $(STAMP)  ## fetch MNIST, notMNIST, CIFAR-10 into the data root (TRUSTGC_DATA), sha256-checked
 	$(PY) -m training.fetch_data $(DATA_ARGS)
 
 data-check: $(STAMP)  ## verify the data sets the tests read (sha256); names `make data` if one is missing

@@ -16,6 +16,16 @@ __all__ = ["COMMANDS"]
 
 COMMANDS = CommandGroup("serving")
 
+RUNTIMES = ("torchserve", "kserve")
+# Each runtime's client defaults: REST URL, gRPC target, key file.
+CLIENT_DEFAULTS = {
+    "torchserve": (
+        "http://127.0.0.1:8080",
+        "127.0.0.1:7070",
+        Path(".run/torchserve/key_file.json"),
+    ),
+    "kserve": ("http://127.0.0.1:8090", "127.0.0.1:8091", Path(".run/kserve/key_file.json")),
+}
 SERVER_COMMANDS = {
     "serve": "run TorchServe in the foreground (Ctrl-C stops it)",
     "start": "start TorchServe in the background",
@@ -30,6 +40,9 @@ def add_archive(commands: Subparsers) -> None:
     parser.add_argument("--export-path", type=Path, default=Path("model_store"))
     parser.add_argument("--name", help="archive and model name (default: the model's name)")
     parser.add_argument(
+        "--version", help="archive and served version (default: the artifact's model.json)"
+    )
+    parser.add_argument(
         "--model-config",
         type=Path,
         help="TorchServe model-config yaml (default: deploy/torchserve/model-config.yaml of the "
@@ -41,7 +54,9 @@ def add_archive(commands: Subparsers) -> None:
 def run_archive(args: argparse.Namespace) -> int:
     from serving.archive import build_archive
 
-    archive = build_archive(args.model, args.export_path, args.name, args.model_config)
+    archive = build_archive(
+        args.model, args.export_path, args.name, args.model_config, version=args.version
+    )
     print(f"wrote {archive}")
     return 0
 
@@ -59,20 +74,47 @@ def add_server(commands: Subparsers) -> None:
             default="127.0.0.1",
             help="address to bind (default loopback; 0.0.0.0 only in a container)",
         )
+        parser.add_argument(
+            "--runtime",
+            choices=RUNTIMES,
+            default="torchserve",
+            help="TorchServe (REST 8080, gRPC 7070) or KServe's model server on the Open "
+            "Inference Protocol (REST 8090, gRPC 8091); see docs/serving.md",
+        )
+        parser.add_argument(
+            "--run-dir",
+            type=Path,
+            help="where the server keeps its config, logs, key file and pid (default: .run/"
+            "torchserve of the project directory); one server per run directory",
+        )
+        if name != "stop":
+            parser.add_argument(
+                "--model",
+                action="append",
+                metavar="DIR[=NAME]",
+                help="serve this model artifact under NAME (default: the directory's name); "
+                "repeat for several; archived as needed (default: model_store/fashion_mnist.mar)",
+            )
         parser.set_defaults(run=run_server)
 
 
 def server_settings(args: argparse.Namespace):
     """The launcher's settings from the flags (the rest: ServerSettings' documented defaults)."""
-    from serving.server import ServerSettings
+    from serving.server import ServerSettings, parse_model_spec
 
     settings = ServerSettings(auth=not args.no_auth, host=args.host)
     if args.model_store:
         settings.model_store = args.model_store
+    if getattr(args, "run_dir", None):
+        settings.run_dir = args.run_dir
+    if getattr(args, "model", None):
+        settings.serve([parse_model_spec(text) for text in args.model])
     return settings
 
 
 def run_server(args: argparse.Namespace) -> int:
+    if getattr(args, "runtime", "torchserve") == "kserve":
+        return run_kserve(args)
     from serving.server import run_foreground, start_background, stop_server
 
     settings = server_settings(args)
@@ -81,6 +123,22 @@ def run_server(args: argparse.Namespace) -> int:
     if args.command == "start":
         return start_background(settings)
     return stop_server(settings)
+
+
+def run_kserve(args: argparse.Namespace) -> int:
+    """serve/start/stop for the KServe runtime (serving.kserve_control)."""
+    from serving import kserve_control
+    from serving.kserve_runtime import KServeSettings
+
+    settings = KServeSettings(auth=not args.no_auth, host=args.host)
+    if args.model_store:
+        settings.model_dir = Path(args.model_store) / settings.model_name
+    action = {
+        "serve": kserve_control.run_foreground,
+        "start": kserve_control.start_background,
+        "stop": kserve_control.stop,
+    }[args.command]
+    return action(settings)
 
 
 @COMMANDS.command
@@ -92,10 +150,13 @@ def add_classify(commands: Subparsers) -> None:
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--model", default="fashion_mnist")
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--grpc-target", default="127.0.0.1:7070")
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default="torchserve", help="the server's protocol"
+    )
+    parser.add_argument("--url", help="REST URL (default: the runtime's, 8080 or 8090)")
+    parser.add_argument("--grpc-target", help="gRPC target (default: the runtime's)")
     parser.add_argument("--token", help="inference key (default: $TRUSTGC_TOKEN or key file)")
-    parser.add_argument("--key-file", type=Path, default=Path(".run/torchserve/key_file.json"))
+    parser.add_argument("--key-file", type=Path, help="default: .run/<runtime>/key_file.json")
     parser.set_defaults(run=run_classify)
 
 
@@ -103,11 +164,15 @@ def run_classify(args: argparse.Namespace) -> int:
     from serving.client import ClassifierClient, resolve_token
     from serving.schema import ErrorResponse
 
-    client = ClassifierClient(
+    url, target, key_file = CLIENT_DEFAULTS[getattr(args, "runtime", "torchserve")]
+    kind = ClassifierClient
+    if getattr(args, "runtime", "torchserve") == "kserve":
+        from serving.oip_client import OipClient as kind
+    client = kind(
         model=args.model,
-        http_url=args.url,
-        grpc_target=args.grpc_target,
-        token=resolve_token(args.token, args.key_file),
+        http_url=args.url or url,
+        grpc_target=args.grpc_target or target,
+        token=resolve_token(args.token, args.key_file or key_file),
     )
     failures = 0
     if not args.json:
@@ -131,3 +196,41 @@ def run_classify(args: argparse.Namespace) -> int:
             )
         failures += isinstance(answer, ErrorResponse)
     return 1 if failures else 0
+
+
+@COMMANDS.command
+def add_score(commands: Subparsers) -> None:
+    parser = commands.add_parser(
+        "score", help="the served answer for every image file, without a server (offline)"
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILES|DIR")
+    parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="results file: .jsonl (whole answers) or .csv"
+    )
+    parser.add_argument("--name", help="model name in the answers (default: the artifact's)")
+    parser.add_argument("--top-k", type=int, help="classes per answer (default: the server's)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward pass (1: bit-identical to a sequential client's answers)",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=run_score)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from serving.offline import score_files
+
+    counts = score_files(
+        args.inputs,
+        args.model,
+        args.out,
+        name=args.name,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        top_k=args.top_k,
+    )
+    print(f"wrote {args.out}: {counts['rows']} rows, {counts['errors']} errors")
+    return 0

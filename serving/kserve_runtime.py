@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving import paths
 from serving.decode import DecodeLimits, decode_image
 from serving.errors import ErrorCode, InputError, http_status
 from serving.oip_codec import ImageAnswer, image_elements, outputs, request_options
@@ -47,7 +48,6 @@ from serving.schema import error_response
 __all__ = ["KServeSettings", "TrustGCModel", "serve"]
 
 logger = logging.getLogger("trustgc.kserve")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class KServeSettings(BaseModel):
@@ -55,12 +55,14 @@ class KServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_dir: Path = REPO_ROOT / "model_store" / "fashion_mnist"
+    model_dir: Path = Field(
+        default_factory=lambda: paths.project_dir() / "model_store" / "fashion_mnist"
+    )
     model_name: str = "fashion_mnist"
     host: str = "127.0.0.1"
     http_port: int = Field(default=8090, ge=1, le=65535)
     grpc_port: int = Field(default=8091, ge=1, le=65535)
-    run_dir: Path = REPO_ROOT / ".run" / "kserve"
+    run_dir: Path = Field(default_factory=lambda: paths.project_dir() / ".run" / "kserve")
     auth: bool = True
     backend: str = "auto"  # trustgc.backend.choose_backend
     batch_size: int = Field(default=16, ge=1)  # as deploy/torchserve/model-config.yaml
@@ -102,9 +104,9 @@ def _rejection_type():
 
 
 def _model_base():
-    from kserve import Model
+    from serving.kserve_import import import_kserve
 
-    return Model
+    return import_kserve().Model
 
 
 class TrustGCModel(_model_base()):

@@ -137,8 +137,11 @@ class OipClient:
 
     def _grpc(self, images: list[bytes], explain: bool, top_k: int):
         import grpc
-        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+        from serving.kserve_import import import_kserve
+
+        pb = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2")
+        pb_grpc = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2_grpc")
 
         request = pb.ModelInferRequest(
             model_name=self.model,

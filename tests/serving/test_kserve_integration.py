@@ -25,6 +25,7 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.kserve_import import import_kserve
 from serving.metrics import DECISIONS
 from serving.schema import ClassificationResponse, ErrorResponse
 
@@ -189,8 +190,8 @@ def test_a_request_with_no_usable_image_is_a_4xx(kserve, images) -> None:
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "invalid_parameter"
     assert "top_k" in answer.json()["error"]["message"]
-    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+    pb = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2")
+    pb_grpc = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2_grpc")
 
     request = pb.ModelInferRequest(
         model_name=kserve.model,
@@ -231,6 +232,19 @@ def test_the_guard(kserve, images) -> None:
     if not outside.startswith("127."):  # bound to loopback only: not reachable from outside
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://{outside}:{kserve.settings.http_port}/v2/health/ready")
+
+
+@pytest.mark.parametrize("over_grpc", [False, True])
+def test_cli_classify_with_runtime_kserve(kserve, images, tmp_path, capsys, over_grpc) -> None:
+    from trustgc_cli.main import main
+
+    path = tmp_path / "image.png"
+    path.write_bytes(images[0])
+    argv = ["classify", "--runtime", "kserve", "--json", str(path), "--token", kserve.token]
+    argv += ["--url", kserve.settings.url(), "--grpc-target", kserve.grpc_target]
+    assert main([*argv, "--grpc"] if over_grpc else argv) == 0
+    printed = ClassificationResponse.model_validate_json(capsys.readouterr().out)
+    assert printed == kserve.client().classify(images[0], top_k=3)  # the CLI default
 
 
 def _children(parent: int) -> list[int]:

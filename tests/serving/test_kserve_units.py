@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from serving.errors import ErrorCode, InputError
+from serving.kserve_import import import_kserve
 from serving.oip_batcher import MicroBatcher
 from serving.oip_codec import ImageAnswer, image_elements, outputs, request_options
 from serving.schema import error_response
@@ -108,7 +109,7 @@ def test_unusable_inputs_name_the_problem(inputs, code) -> None:
 
 
 def test_request_options_from_rest_and_grpc_parameters() -> None:
-    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    pb = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2")
 
     assert request_options({"top_k": 3, "explain": True, "binary_data_output": False}).top_k == 3
     grpc_params = {

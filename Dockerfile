@@ -34,8 +34,8 @@ COPY training/ training/
 COPY serving/ serving/
 COPY deploy/torchserve/ deploy/torchserve/
 COPY deploy/kubernetes/probe.py deploy/kubernetes/probe.py
-RUN pip install -e '.[serve]' \
-    && python -c "import torch, ts, serving.handler; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+RUN pip install -e '.[serve,kserve]' \
+    && python -c "import torch, ts, serving.handler, serving.kserve_runtime; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 
 # The shipped model, baked in for Kubernetes; compose mounts ./model_store over it read-only.
 COPY model_store/ model_store/
@@ -46,8 +46,9 @@ RUN groupadd --gid 10001 trustgc \
     && chown 10001:10001 /app/.run
 USER 10001:10001
 
-# inference, management, metrics (no token needed), gRPC inference, gRPC management
-EXPOSE 8080 8081 8082 7070 7071
+# inference, management, metrics (no token needed), gRPC inference, gRPC management;
+# 8090/8091: the KServe runtime's OIP REST and gRPC (`trustgc serve --runtime kserve`)
+EXPOSE 8080 8081 8082 7070 7071 8090 8091
 
 # `trustgc serve` (token auth on, SIGTERM stops TorchServe and java cleanly), listening on the
 # container's interfaces: `trustgc serve` itself binds 127.0.0.1, which nothing outside the

@@ -17,8 +17,10 @@ problem's HTTP status (serving.errors) and its JSON error as the body, gRPC with
 status code (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) and the JSON error as details.
 
 Run ``python -m serving.kserve_runtime SETTINGS.json`` (serving.kserve_control does this for
-``trustgc serve|start|stop --runtime kserve``).  KServe binds all interfaces and has no auth;
-this module starts its REST and gRPC servers itself to bind ``host`` and add the guard.
+``trustgc serve|start|stop --runtime kserve``), or without a file with the settings as JSON in
+``$TRUSTGC_KSERVE_SETTINGS`` (the container image, deploy/kubernetes/kserve/).  KServe binds
+all interfaces and has no auth; this module starts its REST and gRPC servers itself to bind
+``host`` and add the guard.
 """
 
 from __future__ import annotations
@@ -324,12 +326,18 @@ def serve(settings: KServeSettings) -> int:
     return 0
 
 
+SETTINGS_ENV = "TRUSTGC_KSERVE_SETTINGS"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.kserve_runtime [SETTINGS.json]``; without a file the settings are
+    the JSON in ``$TRUSTGC_KSERVE_SETTINGS`` (a container's env), over the defaults."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m serving.kserve_runtime SETTINGS.json", file=sys.stderr)
+    if len(args) > 1:
+        print("usage: python -m serving.kserve_runtime [SETTINGS.json]", file=sys.stderr)
         return 2
-    return serve(KServeSettings.model_validate_json(Path(args[0]).read_text()))
+    text = Path(args[0]).read_text() if args else os.environ.get(SETTINGS_ENV, "{}")
+    return serve(KServeSettings.model_validate_json(text))
 
 
 if __name__ == "__main__":

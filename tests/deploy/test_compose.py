@@ -75,7 +75,9 @@ def test_compose_requires_a_grafana_password() -> None:
 
 def test_compose_services_and_mounts() -> None:
     services = _compose()["services"]
-    assert set(services) == {"torchserve", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {"torchserve", "kserve", "prometheus", "alertmanager", "grafana"}
+    assert services["kserve"]["profiles"] == ["kserve"]  # TorchServe stays the default service
+    assert "torchserve" not in services["kserve"]["command"]
     torchserve = services["torchserve"]
     assert torchserve["build"]["dockerfile"] == "Dockerfile"
     assert "./model_store:/app/model_store:ro" in torchserve["volumes"]
@@ -122,7 +124,7 @@ def test_dockerfile_base_java_and_cpu_torch() -> None:
     runs = " ".join(args for name, args in instructions if name == "RUN")
     assert "openjdk-17-jre-headless" in runs
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in runs
-    assert runs.index("torch==2.13.0") < runs.index("pip install -e '.[serve]'")
+    assert runs.index("torch==2.13.0") < runs.index("pip install -e '.[serve,kserve]'")
 
 
 def test_dockerfile_command_serves_on_all_container_interfaces_with_auth(monkeypatch) -> None:

@@ -119,6 +119,41 @@ def test_kserve_variant() -> None:
     assert properties["model_store"] == "/mnt/models/model-store"
 
 
+def test_kserve_oip_variant() -> None:
+    """The maintained variant: trustgc's KServe model server on the Open Inference Protocol."""
+    import json as _json
+
+    from serving.kserve_runtime import KServeSettings
+
+    service = _one("kserve/inferenceservice-oip.yaml", "InferenceService")
+    model = service["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2"
+    assert "REPLACE" in model["storageUri"], "storageUri is a documented placeholder"
+    runtime = _one("kserve/servingruntime-oip.yaml", "ServingRuntime")
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {
+        f["name"] for f in runtime["spec"]["supportedModelFormats"]
+    }
+    assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
+    [container] = runtime["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "serving.kserve_runtime"]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    env = {item["name"]: item for item in container["env"]}
+    settings = KServeSettings.model_validate(_json.loads(env["TRUSTGC_KSERVE_SETTINGS"]["value"]))
+    assert settings.auth, "the in-cluster runtime keeps token auth"
+    assert env["TRUSTGC_INFERENCE_KEY"]["valueFrom"]["secretKeyRef"]["name"]
+    assert str(settings.model_dir) == "/mnt/models"
+    assert settings.model_name == service["metadata"]["name"].removesuffix("-oip")
+    assert container["ports"][0]["containerPort"] == settings.http_port == 8080
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    from serving.kserve_guard import OPEN_PATHS
+
+    for probe in ("readinessProbe", "livenessProbe"):  # probes carry no token
+        assert container[probe]["httpGet"]["path"] in OPEN_PATHS
+    annotations = runtime["metadata"]["annotations"]
+    assert annotations["prometheus.kserve.io/path"] in OPEN_PATHS
+
+
 # ---------------------------------------------------------------------------- probe.py
 class _Management(BaseHTTPRequestHandler):
     key = "secret"

@@ -40,6 +40,9 @@ def add_archive(commands: Subparsers) -> None:
     parser.add_argument("--export-path", type=Path, default=Path("model_store"))
     parser.add_argument("--name", help="archive and model name (default: the model's name)")
     parser.add_argument(
+        "--version", help="archive and served version (default: the artifact's model.json)"
+    )
+    parser.add_argument(
         "--model-config",
         type=Path,
         help="TorchServe model-config yaml (default: deploy/torchserve/model-config.yaml of the "
@@ -51,7 +54,9 @@ def add_archive(commands: Subparsers) -> None:
 def run_archive(args: argparse.Namespace) -> int:
     from serving.archive import build_archive
 
-    archive = build_archive(args.model, args.export_path, args.name, args.model_config)
+    archive = build_archive(
+        args.model, args.export_path, args.name, args.model_config, version=args.version
+    )
     print(f"wrote {archive}")
     return 0
 
@@ -76,16 +81,34 @@ def add_server(commands: Subparsers) -> None:
             help="TorchServe (REST 8080, gRPC 7070) or KServe's model server on the Open "
             "Inference Protocol (REST 8090, gRPC 8091); see docs/serving.md",
         )
+        parser.add_argument(
+            "--run-dir",
+            type=Path,
+            help="where the server keeps its config, logs, key file and pid (default: .run/"
+            "torchserve of the project directory); one server per run directory",
+        )
+        if name != "stop":
+            parser.add_argument(
+                "--model",
+                action="append",
+                metavar="DIR[=NAME]",
+                help="serve this model artifact under NAME (default: the directory's name); "
+                "repeat for several; archived as needed (default: model_store/fashion_mnist.mar)",
+            )
         parser.set_defaults(run=run_server)
 
 
 def server_settings(args: argparse.Namespace):
     """The launcher's settings from the flags (the rest: ServerSettings' documented defaults)."""
-    from serving.server import ServerSettings
+    from serving.server import ServerSettings, parse_model_spec
 
     settings = ServerSettings(auth=not args.no_auth, host=args.host)
     if args.model_store:
         settings.model_store = args.model_store
+    if getattr(args, "run_dir", None):
+        settings.run_dir = args.run_dir
+    if getattr(args, "model", None):
+        settings.serve([parse_model_spec(text) for text in args.model])
     return settings
 
 
@@ -173,3 +196,41 @@ def run_classify(args: argparse.Namespace) -> int:
             )
         failures += isinstance(answer, ErrorResponse)
     return 1 if failures else 0
+
+
+@COMMANDS.command
+def add_score(commands: Subparsers) -> None:
+    parser = commands.add_parser(
+        "score", help="the served answer for every image file, without a server (offline)"
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILES|DIR")
+    parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="results file: .jsonl (whole answers) or .csv"
+    )
+    parser.add_argument("--name", help="model name in the answers (default: the artifact's)")
+    parser.add_argument("--top-k", type=int, help="classes per answer (default: the server's)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward pass (1: bit-identical to a sequential client's answers)",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=run_score)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from serving.offline import score_files
+
+    counts = score_files(
+        args.inputs,
+        args.model,
+        args.out,
+        name=args.name,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        top_k=args.top_k,
+    )
+    print(f"wrote {args.out}: {counts['rows']} rows, {counts['errors']} errors")
+    return 0

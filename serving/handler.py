@@ -197,8 +197,11 @@ _service = TrustGCHandler()
 
 def handle(data, context):
     """TorchServe's module-level entry point (see serving/torchserve_entry.py)."""
-    if data is None:  # TorchServe's initialisation call
-        return None
     if _service.predictor is None:
+        # data None is TorchServe's initialisation call: loading here makes a refused artifact
+        # (stale calibration, missing file) fail the model's load, visible in TorchServe's log,
+        # instead of a READY model failing every request.
         _service.initialize(context)
+    if data is None:
+        return None
     return _service.handle(data, context)

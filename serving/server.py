@@ -4,11 +4,19 @@
 java included, on Ctrl-C or SIGTERM; ``trustgc start``/``stop`` do the same in the background.
 The runtime config is ``deploy/torchserve/config.properties`` with paths made absolute, written
 to the run directory, which is also where TorchServe writes ``key_file.json`` (token auth).
+
+Any trained artifacts can be served, one or several, by name: ``--model DIR[=NAME]`` archives
+each directory into the run directory's model store when its archive is missing or older than
+the artifact (:func:`prepare_models`).  Starting is safe to retry: a second start while this run
+directory's server runs is refused before anything is touched (its key file stays valid), a
+model that cannot load fails the start within seconds with the line of TorchServe's log that
+says why, and every failure path stops java again.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +30,95 @@ import requests
 from serving import paths
 from serving.keys import KEY_FILE, read_keys
 
-__all__ = ["ServerSettings", "TorchServe", "read_keys"]
+__all__ = [
+    "AlreadyRunning",
+    "ModelSpec",
+    "StartFailed",
+    "ServerSettings",
+    "TorchServe",
+    "model_names",
+    "parse_model_spec",
+    "prepare_models",
+    "read_keys",
+]
+
+#: TorchServe model names (they appear in URLs and metric labels).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: How long a model may take to become READY once TorchServe runs (the shipped model: ~10 s).
+READY_TIMEOUT = 180.0
+#: Log lines that mean a model will never load: fail the start on the first one.
+_LOAD_FAILURES = (
+    "Load model failed",
+    "ModelNotFoundException",
+    "Failed to load model",
+    "Failed register model",
+    "Model file not found",
+)
+
+
+class AlreadyRunning(RuntimeError):
+    """A TorchServe started from this run directory is still running."""
+
+
+class StartFailed(RuntimeError):
+    """TorchServe exited, or a model cannot load (the message quotes the log)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve: an artifact directory and the name it is served under."""
+
+    directory: Path
+    name: str
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """``DIR`` or ``DIR=NAME``; the name defaults to the directory's name."""
+    directory, _, name = text.partition("=")
+    directory_path = Path(directory)
+    name = name or re.sub(r"[^A-Za-z0-9_-]+", "_", directory_path.resolve().name).strip("_")
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"--model {text}: model name {name!r} must be letters, digits, '_' or '-' "
+            "(at most 64), starting with a letter or digit"
+        )
+    if not directory_path.is_dir():
+        raise ValueError(f"--model {text}: {directory} is not a model artifact directory")
+    return ModelSpec(directory_path, name)
+
+
+def _archive_is_current(archive: Path, spec: ModelSpec, model_config: Path) -> bool:
+    if not archive.is_file():
+        return False
+    sources = [p for p in spec.directory.iterdir() if p.is_file()] + [Path(model_config)]
+    return archive.stat().st_mtime >= max(p.stat().st_mtime for p in sources)
+
+
+def prepare_models(specs: list[ModelSpec], store: Path, model_config: Path | None = None) -> str:
+    """Archive each spec into ``store`` when needed; TorchServe's ``--models`` value.
+
+    A stale or uncalibrated artifact is refused here (:func:`serving.archive.build_archive`),
+    before TorchServe starts, with the command that fixes it.
+    """
+    from serving.archive import build_archive
+
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"two models are named {duplicates}: give one DIR=NAME")
+    model_config = Path(model_config or paths.model_config())
+    store.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        archive = store / f"{spec.name}.mar"
+        if not _archive_is_current(archive, spec, model_config):
+            print(f"archiving {spec.directory} as {archive}", flush=True)
+            build_archive(spec.directory, store, spec.name, model_config)
+    return ",".join(f"{spec.name}={spec.name}.mar" for spec in specs)
+
+
+def model_names(settings: ServerSettings) -> list[str]:
+    """The names in ``settings.models`` (TorchServe's NAME=FILE.mar,... format)."""
+    return [item.split("=", 1)[0] for item in settings.models.split(",") if item]
 
 
 @dataclass
@@ -51,6 +147,11 @@ class ServerSettings:
 
     def url(self, api: str) -> str:
         return f"http://{self.host}:{self.ports[api]}"
+
+    def serve(self, specs: list[ModelSpec]) -> None:
+        """Serve these artifacts (archived into the run directory's store) instead."""
+        self.model_store = Path(self.run_dir) / "model_store"
+        self.models = prepare_models(specs, self.model_store)
 
 
 def _read_properties(path: Path) -> dict[str, str]:
@@ -96,6 +197,7 @@ class TorchServe:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.process: subprocess.Popen | None = None
+        self._log_offsets: dict[str, int] = {}  # log sizes at start: older lines are not ours
 
     @property
     def log_dir(self) -> Path:
@@ -111,6 +213,67 @@ class TorchServe:
             return int((self.temp_dir / ".model_server.pid").read_text().split()[0])
         except (FileNotFoundError, ValueError, IndexError):
             return None
+
+    def running_pid(self) -> int | None:
+        """The frontend's pid if it is alive (a stale pid file counts as not running)."""
+        pid = self.frontend_pid()
+        return pid if pid is not None and _alive(pid) else None
+
+    def check_not_running(self) -> None:
+        """Refuse a second start from this run directory (before its key file is touched)."""
+        pid = self.running_pid()
+        if pid is not None:
+            raise AlreadyRunning(
+                f"TorchServe is already running from {self.settings.run_dir} (java pid {pid}); "
+                "stop it first with `trustgc stop` (its keys are unchanged)"
+            )
+
+    def check_archives(self) -> None:
+        """Every archive named in ``settings.models`` must exist before java starts."""
+        store = Path(self.settings.model_store)
+        missing = [
+            item.split("=", 1)[1]
+            for item in self.settings.models.split(",")
+            if "=" in item and not (store / item.split("=", 1)[1]).is_file()
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"{', '.join(missing)} not in the model store {store}: build it with "
+                "`trustgc archive --model DIR`, or serve an artifact with `--model DIR`"
+            )
+
+    def _log_lines(self, name: str) -> list[str]:
+        """The lines ``name`` gained since :meth:`start`."""
+        path = self.log_dir / name
+        if not path.is_file():
+            return []
+        with path.open("rb") as handle:
+            handle.seek(self._log_offsets.get(name, 0))
+            return handle.read().decode(errors="replace").splitlines()
+
+    def load_failure(self) -> str | None:
+        """The first log line saying a model cannot load, with the worker's last error."""
+        found = None
+        for name in ("ts_log.log", "torchserve.out"):
+            for line in self._log_lines(name):
+                if any(marker in line for marker in _LOAD_FAILURES):
+                    found = line.strip()
+                    break
+            if found:
+                break
+        if found is None:
+            return None
+        cause = self._worker_error()
+        return f"{found}" + (f"; the model's log says: {cause}" if cause else "")
+
+    def _worker_error(self) -> str | None:
+        """The last exception line of the Python worker's log (e.g. a refused artifact)."""
+        errors = [
+            line.split(" - ", 1)[-1].strip()
+            for line in self._log_lines("model_log.log")
+            if re.search(r"\b\w*(Error|Exception)\b: ", line)
+        ]
+        return errors[-1] if errors else None
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -160,6 +323,9 @@ class TorchServe:
     def start(self, foreground: bool = False, output=None) -> subprocess.Popen:
         """Launch TorchServe; output goes to a file (never a pipe: java would hold it open)."""
         command = self._command(foreground)
+        self._log_offsets = {
+            path.name: path.stat().st_size for path in self.log_dir.glob("*") if path.is_file()
+        }
         if output is None:
             output = open(self.log_dir / "torchserve.out", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -179,16 +345,23 @@ class TorchServe:
         keys = self.keys()
         return {"Authorization": f"Bearer {keys[api]}"} if keys else {}
 
-    def wait_ready(self, model: str, timeout: float = 120.0) -> None:
-        """Poll the management API until every worker of ``model`` is READY."""
+    def wait_ready(self, model: str, timeout: float = 120.0, cancelled=lambda: False) -> None:
+        """Poll the management API until every worker of ``model`` is READY.
+
+        Fails as soon as TorchServe's log says the model cannot load (a missing or refused
+        artifact), instead of waiting out ``timeout``; stops waiting when ``cancelled()``.
+        """
         deadline = time.monotonic() + timeout
         url = f"{self.settings.url('management')}/models/{model}"
         last = "no answer"
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not cancelled():
             if self.process is not None and self.process.poll() not in (None, 0):
-                raise RuntimeError(
+                raise StartFailed(
                     f"torchserve exited with {self.process.returncode}; see {self.log_dir}"
                 )
+            failure = self.load_failure()
+            if failure is not None:
+                raise StartFailed(f"model {model} cannot load: {failure} (logs in {self.log_dir})")
             try:
                 answer = requests.get(url, headers=self.headers("management"), timeout=2)
                 if answer.ok:
@@ -201,6 +374,8 @@ class TorchServe:
             except (requests.RequestException, TimeoutError, ValueError) as error:
                 last = str(error)
             time.sleep(0.5)
+        if cancelled():
+            return
         raise TimeoutError(
             f"model {model} not ready after {timeout:.0f} s ({last}); logs in {self.log_dir}"
         )
@@ -222,6 +397,8 @@ class TorchServe:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and pid is not None and _alive(pid):
             time.sleep(0.3)
+        if pid is not None and _alive(pid):  # --stop did not end it: never leave java behind
+            os.kill(pid, signal.SIGKILL)
         if self.process is not None:
             try:
                 self.process.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -238,7 +415,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _announce(settings: ServerSettings, server: TorchServe) -> None:
+def _announce(settings: ServerSettings) -> None:
     key_file = settings.run_dir / KEY_FILE
     auth = ""
     if settings.auth:
@@ -247,19 +424,28 @@ def _announce(settings: ServerSettings, server: TorchServe) -> None:
             f'"{key_file}"))["inference"]["key"])\')" '
         )
         print(f"token auth is on: keys are in {key_file}")
+    urls = "".join(
+        f"\n  curl {auth}-H 'Content-Type: application/octet-stream' --data-binary @IMAGE.png "
+        f"{settings.url('inference')}/predictions/{name}"
+        for name in model_names(settings)
+    )
     print(
-        "classify an image with:\n"
-        f"  curl {auth}-H 'Content-Type: application/octet-stream' "
-        f"--data-binary @docs/examples/ankle_boot.png {settings.url('inference')}"
-        "/predictions/fashion_mnist\n"
+        f"serving {', '.join(model_names(settings))}; classify an image with:{urls}\n"
         f"metrics: {settings.url('metrics')}/metrics",
         flush=True,
     )
 
 
+def _wait_all(server: TorchServe, cancelled=lambda: False) -> None:
+    for name in model_names(server.settings):
+        server.wait_ready(name, timeout=READY_TIMEOUT, cancelled=cancelled)
+
+
 def run_foreground(settings: ServerSettings) -> int:
     """Serve until Ctrl-C or SIGTERM, then stop TorchServe and its java process."""
     server = TorchServe(settings)
+    server.check_not_running()
+    server.check_archives()
     stopping = False
 
     def _stop(signum, frame):  # noqa: ARG001
@@ -267,32 +453,48 @@ def run_foreground(settings: ServerSettings) -> int:
         stopping = True
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    process = server.start(foreground=True, output=sys.stdout)
+    failed = False
     try:
-        server.wait_ready(settings.models.split("=")[0], timeout=180)
-        _announce(settings, server)
+        process = server.start(foreground=True, output=sys.stdout)
+        _wait_all(server, cancelled=lambda: stopping)
+        if not stopping:
+            _announce(settings)
         while not stopping and process.poll() is None:
             time.sleep(0.3)
     except (TimeoutError, RuntimeError) as error:
         print(f"trustgc serve: {error}", file=sys.stderr)
+        failed = True
     finally:
         print("stopping TorchServe ...", flush=True)
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0 if stopping else 1
+    return 1 if failed or not stopping else 0
 
 
 def start_background(settings: ServerSettings) -> int:
+    """Start detached and wait until every model is READY; on any failure stop java again."""
     server = TorchServe(settings)
-    server.start(foreground=False)
-    server.wait_ready(settings.models.split("=")[0], timeout=180)
-    _announce(settings, server)
+    server.check_not_running()
+    server.check_archives()
+    try:
+        server.start(foreground=False)
+        _wait_all(server)
+    except BaseException:
+        server.stop()
+        raise
+    _announce(settings)
     print(f"logs in {server.log_dir}; stop with `trustgc stop` or `make stop`")
     return 0
 
 
 def stop_server(settings: ServerSettings) -> int:
-    TorchServe(settings).stop()
-    print("TorchServe stopped")
+    """Stop this run directory's TorchServe; says so when none is running."""
+    server = TorchServe(settings)
+    pid = server.running_pid()
+    if pid is None:
+        print(f"no TorchServe is running from {settings.run_dir}: nothing to stop")
+        return 0
+    server.stop()
+    print(f"TorchServe stopped (java pid {pid})")
     return 0

@@ -1,0 +1,210 @@
+"""Offline scoring: the served answer for every image file, without a server.
+
+``trustgc score FILES|DIR --model DIR --out results.jsonl|csv`` runs each file through the
+handler's own steps: the same decoding (:func:`serving.decode.decode_image` with the handler's
+limits), the same backend choice (:func:`trustgc.backend.choose_backend`), the same
+:class:`trustgc.trust.Predictor` and the same answer schema (:func:`serving.responses.
+build_response`), so a row equals what ``POST /predictions/NAME`` answers for that file.  A file
+that cannot be read or decoded becomes an error row (``file`` + ``error``, the handler's error
+body) and scoring goes on.
+
+Images are scored one at a time by default, as a sequential client's requests are: float
+arithmetic then runs on the same batch shapes as in the server and the answers are identical
+bit for bit.  ``batch_size`` > 1 is faster; its answers may then differ from the served ones in
+the last float32 digits (rarely one step of a p-value).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from serving import paths
+from serving.decode import DecodeLimits, decode_image
+from serving.errors import ErrorCode, InputError
+from serving.requests import RequestOptions
+from serving.responses import build_response
+from serving.schema import error_response
+from trustgc.backend import choose_backend
+from trustgc.trust.predictor import Predictor
+
+__all__ = ["OUTPUT_FORMATS", "OfflineScorer", "collect_files", "score_files"]
+
+OUTPUT_FORMATS = (".jsonl", ".csv")
+#: Columns of a CSV row (a flattened answer); JSON lines carry the whole answer.
+CSV_COLUMNS = (
+    "file",
+    "decision",
+    "label",
+    "probability",
+    "ood_p_value",
+    "ood_alpha",
+    "attack_p_value",
+    "attack_alpha",
+    "bits_per_dim",
+    "error_code",
+    "error_message",
+)
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in _IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def collect_files(inputs: Iterable[Path]) -> list[Path]:
+    """Files as given, and the images under each directory (recursively, sorted).
+
+    A named file is kept whatever it holds (it gets an error row if it is no image); inside a
+    directory only files with an image suffix are taken.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and _is_image(p))
+        else:
+            files.append(item)
+    return files
+
+
+def _handler_settings(model_config: Path | None) -> dict[str, Any]:
+    """The ``trustgc:`` section of the model-config yaml the archives carry (as the handler)."""
+    path = Path(model_config) if model_config else paths.model_config()
+    if not path.is_file():
+        return {}
+    import yaml
+
+    return dict((yaml.safe_load(path.read_text()) or {}).get("trustgc", {}) or {})
+
+
+@dataclass
+class OfflineScorer:
+    """A loaded artifact answering like the served handler."""
+
+    predictor: Predictor
+    name: str
+    limits: DecodeLimits
+    top_k: int = RequestOptions().top_k
+
+    @classmethod
+    def from_artifact(
+        cls,
+        model_dir: Path,
+        name: str | None = None,
+        model_config: Path | None = None,
+        top_k: int | None = None,
+    ) -> OfflineScorer:
+        settings = _handler_settings(model_config)
+        torch.set_num_threads(max(1, int(settings.get("torch_threads", 1))))
+        choice = choose_backend(model_dir, str(settings.get("backend", "auto")))
+        predictor = Predictor.from_artifact(
+            model_dir,
+            backend=choice.backend,
+            onnx_threads=max(1, int(settings.get("onnx_threads", 1))),
+        )
+        defaults = DecodeLimits()
+        limits = DecodeLimits(
+            max_bytes=int(settings.get("max_body_bytes", defaults.max_bytes)),
+            max_pixels=int(settings.get("max_image_pixels", defaults.max_pixels)),
+        )
+        top_k = RequestOptions(top_k=top_k).top_k if top_k else RequestOptions().top_k
+        return cls(predictor, name or predictor.manifest.name, limits, top_k)
+
+    def _decode(self, path: Path) -> np.ndarray | dict[str, Any]:
+        """Pixels (C, H, W), or the handler's error body for this file."""
+        channels, height, width = self.predictor.input_shape
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            return error_response(
+                ErrorCode.MISSING_IMAGE.value, f"cannot read {path}: {error.strerror or error}"
+            ).model_dump(mode="json")
+        try:
+            return decode_image(data, height, width, channels, self.limits)
+        except InputError as error:
+            return error_response(error.code.value, error.message).model_dump(mode="json")
+
+    def score(self, files: list[Path], batch_size: int = 1) -> Iterator[dict[str, Any]]:
+        """One row per file, in order: ``file`` plus the answer's fields, or plus ``error``."""
+        manifest = self.predictor.manifest
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            decoded = [self._decode(path) for path in chunk]
+            good = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
+            answers: dict[int, dict[str, Any]] = {}
+            if good:
+                pixels = np.stack([decoded[i] for i in good])
+                with torch.inference_mode():
+                    results = self.predictor.predict(pixels)
+                for i, result in zip(good, results, strict=True):
+                    response = build_response(
+                        result, self.name, manifest.version, manifest.class_names, self.top_k
+                    )
+                    answers[i] = json.loads(response.model_dump_json(exclude_none=True))
+            for i, path in enumerate(chunk):
+                yield {"file": str(path), **answers.get(i, decoded[i])}
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    if "error" in row:
+        error = row["error"]
+        return {"file": row["file"], "error_code": error["code"], "error_message": error["message"]}
+    return {
+        "file": row["file"],
+        "decision": row["decision"],
+        "label": row["prediction"]["label"],
+        "probability": row["prediction"]["probability"],
+        "ood_p_value": row["typicality"]["p_value"],
+        "ood_alpha": row["typicality"]["alpha"],
+        "attack_p_value": row["attack"]["p_value"],
+        "attack_alpha": row["attack"]["alpha"],
+        "bits_per_dim": row["log_likelihood"]["bits_per_dim"],
+    }
+
+
+def score_files(
+    inputs: Iterable[Path],
+    model_dir: Path,
+    out: Path,
+    name: str | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+    top_k: int | None = None,
+) -> dict[str, int]:
+    """Score every file under ``inputs`` into ``out`` (.jsonl or .csv); counts of rows."""
+    out = Path(out)
+    if out.suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"--out {out}: use a {' or '.join(OUTPUT_FORMATS)} file name")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory: give a file name")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    files = collect_files(inputs)
+    if not files:
+        raise ValueError("no image files found in the given paths")
+    scorer = OfflineScorer.from_artifact(Path(model_dir), name, top_k=top_k)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    counts = {"rows": 0, "errors": 0}
+    bar = tqdm(total=len(files), unit="img", desc="scoring", disable=not progress)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_COLUMNS) if out.suffix == ".csv" else None
+        if writer:
+            writer.writeheader()
+        for row in scorer.score(files, batch_size):
+            if writer:
+                writer.writerow(_csv_row(row))
+            else:
+                handle.write(json.dumps(row) + "\n")
+            counts["rows"] += 1
+            counts["errors"] += "error" in row
+            bar.update(1)
+    bar.close()
+    return counts

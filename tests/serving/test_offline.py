@@ -1,0 +1,116 @@
+"""Offline scoring (``trustgc score``): bad files become rows, answers follow the served schema.
+
+The identity with the served answers is checked on a real TorchServe in test_multi_model.py;
+here a tiny calibrated artifact is scored without any server.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from serving.offline import CSV_COLUMNS, collect_files, score_files
+from serving.schema import ClassificationResponse, ErrorResponse
+from training.calibrate import dataset_statistics
+from training.data import make_synthetic
+from trustgc.artifact import ModelManifest, build_model, load_model, save_model
+from trustgc.config import load_model_config
+from trustgc.trust.calibration import fit_calibration, save_calibration
+from trustgc_cli.main import main
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    directory = tmp_path_factory.mktemp("offline") / "tiny"
+    torch.manual_seed(0)
+    config = load_model_config("tiny")
+    manifest = ModelManifest(name="tiny", config=config, class_names=tuple("abcd"))
+    save_model(directory, build_model(config), manifest)
+    model, _ = load_model(directory)
+    statistics = dataset_statistics(model, make_synthetic(40, seed=3).images)
+    part_a = {name: values[:40] for name, values in statistics.items()}
+    part_b = {name: values[40:] for name, values in statistics.items()}
+    save_calibration(directory, fit_calibration(part_a, part_b, 0.05, 0.05))
+    torch.set_num_threads(threads)
+    return directory
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    data = make_synthetic(num_per_class=2, seed=5)
+    for i, pixels in enumerate(data.images):
+        Image.fromarray(pixels[..., 0]).save(folder / ("sub" if i % 2 else ".") / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image: skipped inside a directory")
+    return folder
+
+
+def test_every_file_gets_a_row_and_bad_files_are_error_rows(artifact, images, tmp_path) -> None:
+    missing = tmp_path / "missing.png"
+    files = collect_files([images, missing])
+    assert len(files) == 8 + 2 + 1 and files[-1] == missing  # notes.txt skipped
+    out = tmp_path / "scores.jsonl"
+    assert score_files([images, missing], artifact, out, progress=False) == {
+        "rows": 11,
+        "errors": 3,
+    }
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["file"] for row in rows] == [str(path) for path in files]
+    errors = {Path(row["file"]).name: row["error"]["code"] for row in rows if "error" in row}
+    assert errors == {
+        "broken.png": "undecodable_image",
+        "empty.jpg": "empty_body",
+        "missing.png": "missing_image",
+    }
+    for row in rows:
+        body = {key: value for key, value in row.items() if key != "file"}
+        kind = ErrorResponse if "error" in row else ClassificationResponse
+        kind.model_validate(body)  # exactly the served schema
+    answers = [row for row in rows if "error" not in row]
+    assert {row["model"]["name"] for row in answers} == {"tiny"}
+    assert all(len(row["probabilities"]) == 4 for row in answers)
+
+
+def test_batches_give_the_same_decisions_and_csv_has_the_same_rows(
+    artifact, images, tmp_path
+) -> None:
+    one = tmp_path / "one.jsonl"
+    many = tmp_path / "many.csv"
+    score_files([images], artifact, one, progress=False)
+    score_files([images], artifact, many, batch_size=5, progress=False)
+    rows = [json.loads(line) for line in one.read_text().splitlines()]
+    with many.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == list(CSV_COLUMNS)
+    assert [r["file"] for r in table] == [r["file"] for r in rows]
+    for row, line in zip(rows, table, strict=True):
+        if "error" in row:
+            assert line["error_code"] == row["error"]["code"] and not line["decision"]
+            continue
+        assert line["decision"] == row["decision"]
+        assert line["label"] == row["prediction"]["label"]
+        np.testing.assert_allclose(float(line["probability"]), row["prediction"]["probability"])
+        np.testing.assert_allclose(float(line["ood_p_value"]), row["typicality"]["p_value"])
+
+
+def test_cli(artifact, images, tmp_path, capsys) -> None:
+    out = tmp_path / "cli.jsonl"
+    argv = ["score", str(images), "--model", str(artifact), "--out", str(out)]
+    assert main([*argv, "--no-progress", "--name", "shapes", "--top-k", "2"]) == 0
+    assert "10 rows, 2 errors" in capsys.readouterr().out
+    answer = next(json.loads(line) for line in out.open() if '"error"' not in line)
+    assert answer["model"]["name"] == "shapes" and len(answer["probabilities"]) == 2
+    assert main(["score", str(images), "--model", str(artifact), "--out", "x.txt"]) == 2
+    assert ".jsonl or .csv" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "none"), "--model", str(artifact), "--out", str(out)]) == 0

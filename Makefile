@@ -42,11 +42,11 @@ lint: $(STAMP)  ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-serve: $(STAMP) model_store/fashion_mnist.mar  ## serve the shipped model on 127.0.0.1 (Ctrl-C stops)
-	$(VENV)/bin/trustgc serve
+serve: $(STAMP) model_store/fashion_mnist.mar  ## serve on 127.0.0.1 (Ctrl-C stops); MODEL=DIR[=NAME] serves that artifact
+	$(VENV)/bin/trustgc serve $(if $(MODEL),--model $(MODEL))
 
-start: $(STAMP) model_store/fashion_mnist.mar  ## start TorchServe in the background
-	$(VENV)/bin/trustgc start
+start: $(STAMP) model_store/fashion_mnist.mar  ## start TorchServe in the background (MODEL=DIR[=NAME] too)
+	$(VENV)/bin/trustgc start $(if $(MODEL),--model $(MODEL))
 
 stop: $(STAMP)  ## stop the background TorchServe
 	$(VENV)/bin/trustgc stop

@@ -54,7 +54,7 @@ stop: $(STAMP)  ## stop the background TorchServe
 # What the archive packs, and the code that packs it: the .mar is rebuilt whenever one of them
 # is newer, so the served alpha (calibration.json) never lags behind the artifact.
 MAR_INPUTS := $(addprefix $(MODEL_DIR)/,model.json weights.safetensors calibration.json) \
-	$(wildcard $(MODEL_DIR)/model.onnx $(MODEL_DIR)/onnx.json) \
+	$(wildcard $(MODEL_DIR)/model.onnx $(MODEL_DIR)/onnx.json $(MODEL_DIR)/background/*) \
 	deploy/torchserve/model-config.yaml serving/archive.py serving/torchserve_entry.py
 
 model_store/fashion_mnist.mar: $(MAR_INPUTS) | $(STAMP)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from serving import paths
 from trustgc.artifact import MANIFEST_FILE, load_manifest, write_json
+from trustgc.background import BACKGROUND_DIR, background_dir
 from trustgc.trust.calibration import CALIBRATION_FILE, load_calibration
 
 __all__ = ["ARTIFACT_FILES", "OPTIONAL_ARTIFACT_FILES", "build_archive"]
@@ -80,6 +81,13 @@ def build_archive(
     with tempfile.TemporaryDirectory() as staging:
         present = [f for f in OPTIONAL_ARTIFACT_FILES if (model_dir / f).is_file()]
         staged = [shutil.copy2(model_dir / f, Path(staging) / f) for f in (*required, *present)]
+        if background_dir(model_dir) is not None:  # the ratio statistic's flow, as a folder
+            # the archiver copies a folder's contents: wrap it so that background/ stays one
+            wrapper = Path(staging) / "with_background"
+            for f in ARTIFACT_FILES[:2]:  # model.json, weights.safetensors
+                (wrapper / BACKGROUND_DIR).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(model_dir / BACKGROUND_DIR / f, wrapper / BACKGROUND_DIR / f)
+            staged.append(wrapper)
         if version != manifest.version:  # the served answer names the archive's version
             packed = manifest.model_copy(update={"version": version})
             write_json(Path(staging) / MANIFEST_FILE, packed.model_dump(mode="json"))

@@ -12,6 +12,7 @@ import numpy as np
 
 from training.data import ImageDataset, load_recorded, split_calibration
 from trustgc.artifact import load_model, weights_sha256
+from trustgc.background import background_dir, load_background
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.calibration import (
@@ -21,7 +22,7 @@ from trustgc.trust.calibration import (
     save_calibration,
 )
 from trustgc.trust.pvalues import Interpolation
-from trustgc.trust.statistics import STATISTICS, compute_statistics
+from trustgc.trust.statistics import computable, compute_statistics
 
 __all__ = ["calibration_split", "calibrate_artifact", "dataset_statistics"]
 
@@ -35,11 +36,16 @@ def calibration_split(training: dict, data_dir: Path | None) -> ImageDataset:
     return calibration
 
 
-def dataset_statistics(model, images: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
-    """Every registered trust statistic for uint8 images stored channels-last (N, H, W, C)."""
+def dataset_statistics(
+    model, images: np.ndarray, device: str = "cpu", background=None
+) -> dict[str, np.ndarray]:
+    """Every trust statistic the model (with its background flow, if any) can compute, for
+    uint8 images stored channels-last (N, H, W, C)."""
     pixels = pixels_to_tensor(images)
-    outputs = model_outputs(model, pixels, 500, device)  # runs under torch.inference_mode
-    return compute_statistics(outputs, pixels.numpy(), sorted(STATISTICS))
+    # runs under torch.inference_mode
+    outputs = model_outputs(model, pixels, 500, device, background=background)
+    names = sorted(computable(background is not None))
+    return compute_statistics(outputs, pixels.numpy(), names)
 
 
 def calibrate_artifact(
@@ -61,11 +67,17 @@ def calibrate_artifact(
     """
     digest = weights_sha256(model_dir)  # before loading: the hash of the weights actually used
     model, manifest = load_model(model_dir, device)
+    loaded = load_background(model_dir, manifest.config.input, device)
+    background = None if loaded is None else loaded[0]
     calibration_set = calibration_split(manifest.training, data_dir)
     order = np.random.default_rng(seed).permutation(len(calibration_set))
     half = int(round(component_fraction * len(order)))
-    statistics_a = dataset_statistics(model, calibration_set.images[order[:half]], device)
-    statistics_b = dataset_statistics(model, calibration_set.images[order[half:]], device)
+    statistics_a = dataset_statistics(
+        model, calibration_set.images[order[:half]], device, background
+    )
+    statistics_b = dataset_statistics(
+        model, calibration_set.images[order[half:]], device, background
+    )
     split = {
         "dataset": manifest.training["dataset"],
         "calibration_size": len(order),
@@ -73,6 +85,8 @@ def calibrate_artifact(
         "part_b": len(order) - half,
         "split_seed": seed,
     }
+    if background is not None:  # the ratio's references belong to these background weights
+        split["background_weights_sha256"] = weights_sha256(background_dir(model_dir))
     calibration = fit_calibration(
         statistics_a, statistics_b, ood_alpha, attack_alpha, split, interpolation
     ).model_copy(update={"weights_sha256": digest})

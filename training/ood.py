@@ -37,7 +37,6 @@ __all__ = [
     "OodOptions",
     "evaluate_ood",
     "make_ood_set",
-    "rejecting_component",
     "served_ood_statistic",
 ]
 
@@ -179,12 +178,6 @@ def served_ood_statistic(calibration: Calibration, statistics: dict[str, np.ndar
     return combination.combine(inner)
 
 
-def rejecting_component(table: ScoreTable, components: tuple[str, ...]) -> np.ndarray:
-    """Per image, the OoD component with the smallest p-value (object array of names)."""
-    p = np.stack([table.p_values[name] for name in components], axis=1)
-    return np.asarray(components, dtype=object)[np.argmin(p, axis=1)]
-
-
 def _set_report(
     table: ScoreTable,
     table_in: ScoreTable,
@@ -194,7 +187,7 @@ def _set_report(
     class_names: tuple[str, ...],
 ) -> dict:
     rejected = table.out_of_distribution
-    by = Counter(rejecting_component(table, components)[rejected].tolist())
+    by = Counter(table.rejected_by[rejected].tolist())
     predicted = Counter(table.predicted_index.tolist()).most_common(1)[0]
     return {
         "n": len(table),

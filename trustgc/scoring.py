@@ -64,6 +64,7 @@ class LatentScores:
     logdet: Tensor  # log|det J_f(x)|
     latents: Tensor  # z = f(x), (B, D)
     dim: int  # D, the number of dimensions of one image
+    background_log_likelihood: Tensor | None = None  # log q_bg(x) of a background flow, if run
 
     def bits_per_dim(self) -> Tensor:
         """Marginal bits/dim of each sample."""

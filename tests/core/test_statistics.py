@@ -35,6 +35,7 @@ from trustgc.trust.statistics import (
     STATISTICS,
     Combination,
     Statistic,
+    computable,
     compute_statistics,
     differentiable,
     surrogate_of,
@@ -56,6 +57,17 @@ def model() -> IBINN:
     """The tiny IB-INN with parameters moved away from their initialisation."""
     torch.manual_seed(0)
     net = IBINN(load_model_config("tiny", num_classes=4)).eval()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return net
+
+
+@pytest.fixture(scope="module")
+def background() -> IBINN:
+    """A second tiny flow standing in for the artifact's background model."""
+    torch.manual_seed(1)
+    net = IBINN(load_model_config("tiny", num_classes=2)).eval()
     with torch.no_grad():
         for parameter in net.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -86,7 +98,7 @@ def pixels() -> np.ndarray:
 @pytest.fixture(scope="module")
 def statistics(model, pixels) -> dict[str, np.ndarray]:
     outputs = model_outputs(model, torch.from_numpy(pixels))
-    return compute_statistics(outputs, pixels, sorted(STATISTICS))
+    return compute_statistics(outputs, pixels, computable(has_background=False))
 
 
 def _fit(statistics: dict[str, np.ndarray]) -> Calibration:
@@ -104,13 +116,14 @@ def calibration(statistics) -> Calibration:
 
 
 @pytest.mark.parametrize("name", differentiable())
-def test_torch_form_equals_array_form_on_model_outputs(model, pixels, name) -> None:
+def test_torch_form_equals_array_form_on_model_outputs(model, background, pixels, name) -> None:
     """On the same float64 scores of real model outputs the two forms agree to rounding."""
     subset = pixels[:300]
     x = pixels_to_unit(torch.from_numpy(subset))
     with torch.no_grad():
-        scores = latent_scores(model, x)
-    served = compute_statistics(model_outputs(model, torch.from_numpy(subset)), subset, [name])
+        scores = latent_scores(model, x, background)
+    outputs = model_outputs(model, torch.from_numpy(subset), background=background)
+    served = compute_statistics(outputs, subset, [name])
     value = torch_form_of(name)(scores)
     assert value.shape == (300,) and value.dtype == torch.float64
     np.testing.assert_allclose(value.numpy(), served[name], rtol=1e-12, atol=1e-12)
@@ -118,9 +131,9 @@ def test_torch_form_equals_array_form_on_model_outputs(model, pixels, name) -> N
 
 
 @pytest.mark.parametrize("name", differentiable())
-def test_torch_forms_carry_gradients_to_the_pixels(model, pixels, name) -> None:
+def test_torch_forms_carry_gradients_to_the_pixels(model, background, pixels, name) -> None:
     x = pixels_to_unit(torch.from_numpy(pixels[:16])).requires_grad_(True)
-    value = torch_form_of(name)(latent_scores(model, x))
+    value = torch_form_of(name)(latent_scores(model, x, background))
     (gradient,) = torch.autograd.grad(value.sum(), x)
     assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
 
@@ -171,7 +184,7 @@ def test_served_roles_resolve_in_the_registry() -> None:
 
 
 def test_calibration_records_what_it_was_fitted_for(calibration) -> None:
-    assert set(calibration.components) == set(STATISTICS)
+    assert set(calibration.components) == set(computable(has_background=False))
     assert calibration.ood_components == COMBINATIONS[PRODUCTION_OOD_STATISTIC].components
     assert calibration.attack_components == COMBINATIONS[ATTACK_STATISTIC].components
     for name, reference in calibration.components.items():
@@ -234,7 +247,7 @@ def test_a_new_statistic_needs_only_its_registry_entry(
         Predictor(model, manifest, calibration)  # fitted without it
 
     outputs = model_outputs(model, torch.from_numpy(pixels))
-    statistics = compute_statistics(outputs, pixels, sorted(STATISTICS))
+    statistics = compute_statistics(outputs, pixels, computable(has_background=False))
     refitted = _fit(statistics)
     assert refitted.components[name].side == "two_sided"
     assert name in refitted.combination_components and name in refitted.attack_components

@@ -42,13 +42,12 @@ from trustgc.trust.statistics import (
     PAPER_STATISTIC,
     PRODUCTION_OOD_STATISTIC,
     STATISTICS,
-    combination_components,
     compute_statistics,
 )
 
 OOD_COMPONENTS = COMBINATIONS[PRODUCTION_OOD_STATISTIC].components
 ATTACK_COMPONENTS = COMBINATIONS[ATTACK_STATISTIC].components
-COMBINED_COMPONENTS = combination_components()
+COMBINED_COMPONENTS = tuple(sorted({*OOD_COMPONENTS, *ATTACK_COMPONENTS}))  # served, no background
 ALPHAS = (0.01, 0.05, 0.1)
 PIXEL_FREE = ("typicality", "class_distance", "max_posterior")  # no uint8 pixels needed
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from training.ood import (
     as_png,
     make_ood_set,
     parse_ood_dir,
-    rejecting_component,
     served_ood_statistic,
 )
 from training.served_sets import decode_files, folder_bytes, served_cifar10
@@ -134,17 +132,6 @@ def test_folder_sets_and_ood_dir_flag(tmp_path) -> None:
     for bad in ("photos", "=dir", "photos="):
         with pytest.raises(ValueError, match="NAME=DIR"):
             parse_ood_dir(bad)
-
-
-def test_rejecting_component_is_the_smallest_component_p_value() -> None:
-    table = SimpleNamespace(
-        p_values={
-            "a": np.array([0.5, 0.001, 0.2]),
-            "b": np.array([0.01, 0.3, 0.2]),
-            "combined": np.array([0.0, 0.0, 0.0]),  # not a component: never named
-        }
-    )
-    assert rejecting_component(table, ("a", "b")).tolist() == ["b", "a", "a"]
 
 
 def test_served_statistic_orders_images_as_the_served_p_value() -> None:

@@ -36,7 +36,8 @@ from trustgc.trust.statistics import (
     COMBINATIONS,
     PRODUCTION_OOD_STATISTIC,
     STATISTICS,
-    combination_components,
+    computable,
+    served_ood_statistic,
 )
 
 __all__ = [
@@ -178,17 +179,28 @@ def fit_calibration(
 ) -> Calibration:
     """Fit all references from the two parts A and B of the calibration split.
 
-    Every registered statistic gets a reference on A + B; every combination's components a
-    tail-extrapolated one on A, and each combination's T one on B.
+    Every registered statistic the model can compute gets a reference on A + B (those needing a
+    background flow only when given: their presence in both parts says the model has one);
+    each served combination's components a tail-extrapolated one on A, and each served
+    combination's T one on B.  A model with a background serves the OoD combination with the
+    likelihood ratio, one without the production combination.
     """
-    needed = set(STATISTICS)
+    has_background = all(
+        name in statistics_a and name in statistics_b
+        for name, statistic in STATISTICS.items()
+        if statistic.requires_background
+    )
+    needed = set(computable(has_background))
     missing = needed - set(statistics_a) | needed - set(statistics_b)
     if missing:
         raise ValueError(f"calibration needs the statistics {sorted(missing)}")
     both = {name: np.concatenate([statistics_a[name], statistics_b[name]]) for name in needed}
-    inner = _references(statistics_a, combination_components(), interpolation)
+    ood_statistic = served_ood_statistic(has_background)
+    served = {name: COMBINATIONS[name] for name in (ood_statistic, ATTACK_STATISTIC)}
+    served_components = {c for combination in served.values() for c in combination.components}
+    inner = _references(statistics_a, served_components, interpolation)
     combined = {}
-    for name, combination in COMBINATIONS.items():
+    for name, combination in served.items():
         p_b = {
             component: inner[component]
             .reference(tail_extrapolation=True)
@@ -201,8 +213,8 @@ def fit_calibration(
     calibration = Calibration(
         ood_alpha=ood_alpha,
         attack_alpha=attack_alpha,
-        ood_statistic=PRODUCTION_OOD_STATISTIC,
-        ood_components=COMBINATIONS[PRODUCTION_OOD_STATISTIC].components,
+        ood_statistic=ood_statistic,
+        ood_components=COMBINATIONS[ood_statistic].components,
         attack_statistic=ATTACK_STATISTIC,
         attack_components=COMBINATIONS[ATTACK_STATISTIC].components,
         components=_references(both, needed, interpolation),

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from trustgc.artifact import ModelManifest, load_model
+from trustgc.background import check_background_weights, load_background
 from trustgc.inference import ModelOutputs, model_outputs
 from trustgc.scoring import bits_per_dim
 from trustgc.trust.calibration import Calibration, check_against_registry, load_calibration
-from trustgc.trust.statistics import COMBINATIONS, compute_statistics
+from trustgc.trust.statistics import COMBINATIONS, STATISTICS, compute_statistics
 from trustgc.trust.table import Decision, ScoreTable, decide
 
 __all__ = ["BACKENDS", "Decision", "Predictor", "ScoreTable", "TrustResult"]
@@ -59,6 +60,7 @@ class TrustResult:
     attack_suspected: bool
     decision: Decision
     explanation: dict[str, Any] | None = field(default=None)
+    rejected_by: str | None = None  # the OoD component with the smallest p-value, if rejected
 
     @property
     def predicted_index(self) -> int:
@@ -77,6 +79,7 @@ class Predictor:
         backend: str = "torch",
         onnx_path: Path | str | None = None,
         onnx_threads: int = 1,
+        background: nn.Module | None = None,
     ) -> None:
         if manifest.config.kind == "classifier":
             self._init_classifier(model, manifest, device, backend)
@@ -108,6 +111,11 @@ class Predictor:
             name: reference.reference() for name, reference in calibration.combined.items()
         }
         self._statistics = tuple(sorted(calibration.components))  # served: what was fitted
+        # The background flow (trustgc/background.py) runs in torch beside f on every batch.
+        self.background = None if background is None else background.to(device).eval()
+        needs = [n for n in self._statistics if STATISTICS[n].requires_background]
+        if needs and self.background is None:
+            raise ValueError(f"the calibration serves {needs}: they need the background flow")
 
     def _init_classifier(
         self, model: nn.Module, manifest: ModelManifest, device: str | torch.device, backend: str
@@ -123,6 +131,7 @@ class Predictor:
         self.model = model.to(device).eval()
         self.manifest = manifest
         self.calibration = None
+        self.background = None
         self.device = torch.device(device)
         self._statistics = ()
 
@@ -143,17 +152,22 @@ class Predictor:
         model, manifest = load_model(directory, device)
         if manifest.config.kind == "classifier":
             return cls(model, manifest, None, device, backend)
+        loaded = load_background(directory, manifest.config.input, device)
+        background = None if loaded is None else loaded[0]
         calibration = load_calibration(Path(directory))
         if calibration is None:
             raise ValueError(
                 f"{directory} is not calibrated: run `trustgc calibrate --model {directory}` first"
             )
+        check_background_weights(directory, calibration.split.get("background_weights_sha256"))
         if backend == "torch":
-            return cls(model, manifest, calibration, device)
+            return cls(model, manifest, calibration, device, background=background)
         from trustgc.onnx_backend import checked_onnx_path
 
         onnx_path = checked_onnx_path(directory) if backend == "onnxruntime" else None
-        return cls(model, manifest, calibration, device, backend, onnx_path, onnx_threads)
+        return cls(
+            model, manifest, calibration, device, backend, onnx_path, onnx_threads, background
+        )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -195,7 +209,12 @@ class Predictor:
                 f"{pixels.dtype} {pixels.shape}"
             )
         outputs = model_outputs(
-            self.model, torch.from_numpy(pixels), batch_size, self.device, keep_latents
+            self.model,
+            torch.from_numpy(pixels),
+            batch_size,
+            self.device,
+            keep_latents,
+            self.background,
         )
         if not self.is_generative:
             return self._classifier_table(outputs), outputs
@@ -219,6 +238,7 @@ class Predictor:
             out_of_distribution=ood,
             attack_suspected=attack,
             decisions=decide(ood, attack),
+            ood_components=tuple(calibration.ood_components),
         )
         return table, outputs
 
@@ -299,4 +319,5 @@ def _row(table: ScoreTable, i: int, explanation: dict[str, Any] | None) -> Trust
         attack_suspected=bool(table.attack_suspected[i]),
         decision=table.decisions[i],
         explanation=explanation,
+        rejected_by=table.rejected_by[i],
     )

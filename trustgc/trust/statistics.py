@@ -28,6 +28,12 @@ form.  Why each one exists:
   likelihood says.  On natural images the two code lengths move together; an adversarial
   perturbation adds incompressible pixel noise (+1,200-1,400 bits of PNG on Fashion-MNIST)
   while the attacker keeps the likelihood typical.  PNG length has no gradient to follow.
+- ``background_ratio``: (log q(x) - log q_bg(x)) / D, the likelihood ratio against the artifact's
+  background flow, a model of generic images (Schirrmeister et al., NeurIPS 2020; see
+  trustgc/background.py).  Local pixel statistics shared by all natural images dominate the
+  likelihood; the ratio cancels them, and photos, which the generic model explains better than
+  the Fashion-MNIST model does, land in the lower tail (one-sided, lower).  Differentiable in x
+  through both flows.  Only artifacts with a background have it (``requires_background``).
 
 This module imports neither torch nor the model: the torch forms only call tensor methods (and
 import torch when first called), so option parsers can list the statistics cheaply.
@@ -54,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTACK_STATISTIC",
+    "BACKGROUND_OOD_STATISTIC",
     "COMBINATIONS",
     "PNG_LENGTH_SURROGATE",
     "PAPER_STATISTIC",
@@ -63,8 +70,10 @@ __all__ = [
     "Statistic",
     "combination_components",
     "compute_statistics",
+    "computable",
     "differentiable",
     "png_code_length_bits",
+    "served_ood_statistic",
     "surrogate_of",
     "torch_form_of",
 ]
@@ -110,6 +119,7 @@ class Statistic:
     torch_form: TorchForm | None = None
     surrogate: str | None = None
     negation_of: str | None = None
+    requires_background: bool = False  # needs the artifact's background flow (its likelihood)
 
     def __post_init__(self) -> None:
         if (self.array is None) == (self.negation_of is None):
@@ -175,6 +185,12 @@ def _logit_margin(outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarra
     return top_two[:, 1] - top_two[:, 0]
 
 
+def _background_ratio(outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarray:
+    if outputs.background_log_likelihood is None:
+        raise ValueError("background_ratio needs the artifact's background flow (background/)")
+    return (outputs.log_likelihood - outputs.background_log_likelihood) / outputs.dim
+
+
 # ------------------------------------------------------------------------------ torch forms
 # The same formulas on LatentScores tensors, differentiable in the latents (argmax positions
 # are constants of the gradient, as in the served statistic).  tests/core/test_statistics.py
@@ -198,6 +214,15 @@ def _max_posterior_torch(scores: LatentScores) -> Tensor:
 def _class_distance_torch(scores: LatentScores) -> Tensor:
     predicted = scores.log_posterior.argmax(dim=1, keepdim=True)
     return scores.squared_distances.gather(1, predicted)[:, 0] / scores.dim
+
+
+def _background_ratio_torch(scores: LatentScores) -> Tensor:
+    if scores.background_log_likelihood is None:
+        raise ValueError(
+            "background_ratio needs the background flow's log-likelihood: score with "
+            "trustgc.inference.latent_scores(model, x, background)"
+        )
+    return (scores.log_likelihood - scores.background_log_likelihood) / scores.dim
 
 
 def _logit_margin_torch(scores: LatentScores) -> Tensor:
@@ -252,6 +277,15 @@ STATISTICS: dict[str, Statistic] = {
             "PNG code length beyond what the likelihood explains (-complexity_corrected)",
             negation_of="complexity_corrected",
         ),
+        Statistic(
+            "background_ratio",
+            "lower",
+            "likelihood ratio against the background flow of generic images "
+            "(log q(x) - log q_bg(x))/D",
+            array=_background_ratio,
+            torch_form=_background_ratio_torch,
+            requires_background=True,
+        ),
     )
 }
 
@@ -282,10 +316,22 @@ def _tippett(p: dict[str, np.ndarray]) -> np.ndarray:
     return np.maximum.reduce([-np.log(values) for values in p.values()])
 
 
+def _production_ood_with_background(p: dict[str, np.ndarray]) -> np.ndarray:
+    """T = max( -log p_complexity - log p_max_posterior,  -log p_typicality,
+    -log p_background_ratio ): the production statistic plus the likelihood-ratio test as a
+    third min-p term.  Photos (complex *and* unlikely, so their complexity-corrected
+    likelihood looks normal) are explained better by the background flow and fall in the
+    ratio's lower tail; the terms that catch MNIST digits and noise are kept as they were.
+    """
+    return np.maximum(_production_ood(p), -np.log(p["background_ratio"]))
+
+
 #: Served roles: which statistic is the paper's test, which combinations are served for OoD
-#: rejection and for the attack flag.
+#: rejection and for the attack flag.  An artifact with a background flow serves
+#: BACKGROUND_OOD_STATISTIC for OoD, one without serves PRODUCTION_OOD_STATISTIC.
 PAPER_STATISTIC = "typicality"
 PRODUCTION_OOD_STATISTIC = "combined_ood"
+BACKGROUND_OOD_STATISTIC = "combined_ood_background"
 ATTACK_STATISTIC = "combined_attack"
 
 COMBINATIONS: dict[str, Combination] = {
@@ -296,6 +342,12 @@ COMBINATIONS: dict[str, Combination] = {
             ("complexity_corrected", "typicality", "max_posterior"),
             _production_ood,
             "max(Fisher(complexity_corrected, max_posterior), typicality)",
+        ),
+        Combination(
+            BACKGROUND_OOD_STATISTIC,
+            ("complexity_corrected", "typicality", "max_posterior", "background_ratio"),
+            _production_ood_with_background,
+            "max(Fisher(complexity_corrected, max_posterior), typicality, background_ratio)",
         ),
         Combination(
             ATTACK_STATISTIC,
@@ -318,7 +370,7 @@ def _check_registry() -> None:
         unknown = set(combination.components) - set(STATISTICS)
         if unknown:
             raise ValueError(f"{combination.name}: unknown components {sorted(unknown)}")
-    for role in (PRODUCTION_OOD_STATISTIC, ATTACK_STATISTIC):
+    for role in (PRODUCTION_OOD_STATISTIC, BACKGROUND_OOD_STATISTIC, ATTACK_STATISTIC):
         if role not in COMBINATIONS:
             raise ValueError(f"served combination {role!r} is not registered")
     if PAPER_STATISTIC not in STATISTICS:
@@ -329,6 +381,20 @@ _check_registry()
 
 
 # ------------------------------------------------------------------------------ derived views
+
+
+def computable(has_background: bool) -> tuple[str, ...]:
+    """The registered statistics a model can compute, with or without a background flow."""
+    return tuple(
+        name
+        for name, statistic in STATISTICS.items()
+        if has_background or not statistic.requires_background
+    )
+
+
+def served_ood_statistic(has_background: bool) -> str:
+    """The OoD combination served for a model with or without a background flow."""
+    return BACKGROUND_OOD_STATISTIC if has_background else PRODUCTION_OOD_STATISTIC
 
 
 def combination_components() -> tuple[str, ...]:

@@ -60,6 +60,7 @@ class ScoreTable:
     out_of_distribution: np.ndarray  # (N,) bool: ood p-value < ood_alpha
     attack_suspected: np.ndarray  # (N,) bool: attack p-value < attack_alpha
     decisions: np.ndarray  # (N,) Decision members (object array)
+    ood_components: tuple[str, ...] = ()  # the served OoD statistic's components (none: classifier)
 
     def __len__(self) -> int:
         return int(self.probabilities.shape[0])
@@ -78,6 +79,21 @@ class ScoreTable:
     def attack_p_value(self) -> np.ndarray:
         """(N,) the served attack p-value (1.0 for a classifier)."""
         return self.p_values.get(self.attack_statistic, np.ones(len(self)))
+
+    @property
+    def rejected_by(self) -> np.ndarray:
+        """(N,) per image rejected as OoD, the served OoD component with the smallest p-value
+        (the test that saw the image as least typical); None for images not rejected.
+
+        This names the evidence, it does not decide: the decision is the combined p-value's.
+        """
+        names = np.full(len(self), None, dtype=object)
+        if not self.ood_components:
+            return names
+        p = np.stack([self.p_values[name] for name in self.ood_components], axis=1)
+        smallest = np.asarray(self.ood_components, dtype=object)[np.argmin(p, axis=1)]
+        names[self.out_of_distribution] = smallest[self.out_of_distribution]
+        return names
 
     @property
     def component_names(self) -> tuple[str, ...]:

@@ -1,0 +1,174 @@
+"""Choosing the OoD statistic on a selection set that no evaluation touches.
+
+Selection data (see training/background.py for the discipline):
+
+- in-distribution: the Fashion-MNIST *calibration* split the artifact recorded (never trained
+  on), divided as ``trustgc calibrate`` divides it: part A fits the component references, part
+  B the combined statistic's reference and is the in-distribution side of every AUC here;
+- out-of-distribution: the CIFAR-10 *train* images held out from the background model's
+  training (served decoding), and synthetic smooth noise from a seed the background training
+  never used.
+
+Each candidate is a combined statistic over component p-values (the served construction), so
+the numbers compare what would actually ship.  Reported per candidate and OoD selection set:
+ROC-AUC against part B and the share rejected at alpha with T's reference fitted on part B.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.background import selection_split, smooth_noise
+from training.calibrate import calibration_split
+from training.metrics import roc_auc
+from training.served_sets import served_cifar10
+from trustgc.artifact import load_model
+from trustgc.inference import model_outputs
+from trustgc.preprocess import pixels_to_tensor
+from trustgc.trust.pvalues import EmpiricalReference
+from trustgc.trust.statistics import STATISTICS, compute_statistics
+
+__all__ = ["CANDIDATES", "evaluate_candidates", "selection_statistics"]
+
+RATIO = "background_ratio"  # (log q_in(x) - log q_bg(x)) / D, lower tail suspicious
+SIDES = {**{name: s.side for name, s in STATISTICS.items()}, RATIO: "lower"}
+
+
+def _fisher(p: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    return -np.sum([np.log(p[name]) for name in names], axis=0)
+
+
+def _tippett(*terms: np.ndarray) -> np.ndarray:
+    return np.maximum.reduce(list(terms))
+
+
+#: name -> (components, T from their part-A p-values); large T = OoD.
+CANDIDATES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {
+    "served_now": (
+        ("complexity_corrected", "max_posterior", "typicality"),
+        lambda p: _tippett(
+            _fisher(p, ("complexity_corrected", "max_posterior")), -np.log(p["typicality"])
+        ),
+    ),
+    "ratio_alone": ((RATIO,), lambda p: -np.log(p[RATIO])),
+    "ratio_and_typicality": (
+        (RATIO, "typicality"),
+        lambda p: _tippett(-np.log(p[RATIO]), -np.log(p["typicality"])),
+    ),
+    "served_now_plus_ratio_min_p": (
+        ("complexity_corrected", "max_posterior", "typicality", RATIO),
+        lambda p: _tippett(
+            _fisher(p, ("complexity_corrected", "max_posterior")),
+            -np.log(p["typicality"]),
+            -np.log(p[RATIO]),
+        ),
+    ),
+    "served_now_plus_ratio_in_fisher": (
+        ("complexity_corrected", "max_posterior", "typicality", RATIO),
+        lambda p: _tippett(
+            _fisher(p, ("complexity_corrected", "max_posterior", RATIO)),
+            -np.log(p["typicality"]),
+        ),
+    ),
+}
+
+
+def _statistics(model, background, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every registered statistic plus the background ratio, for uint8 (N, C, H, W)."""
+    tensor = torch.from_numpy(pixels)
+    outputs = model_outputs(model, tensor, 500)
+    statistics = compute_statistics(outputs, pixels, sorted(STATISTICS))
+    background_ll = model_outputs(background, tensor, 500).log_likelihood
+    statistics[RATIO] = (outputs.log_likelihood - background_ll) / outputs.dim
+    statistics["background_nll"] = -background_ll / outputs.dim
+    return statistics
+
+
+def selection_statistics(
+    model_dir: Path,
+    background_dir: Path,
+    data_root: Path,
+    photos: int = 2000,
+    noise: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Statistics of the selection sets: calibration parts A and B, held-out photos, noise."""
+    model, manifest = load_model(model_dir)
+    background, background_manifest = load_model(background_dir)
+    spec = manifest.config.input
+    shape = (spec.channels, spec.height, spec.width)
+    calibration = calibration_split(manifest.training, None)
+    order = np.random.default_rng(0).permutation(len(calibration))  # trustgc calibrate's split
+    half = int(round(0.2 * len(order)))
+    pixels = pixels_to_tensor(calibration.images).numpy()
+    recipe = background_manifest.training["background"]
+    cifar_train = served_cifar10(data_root, "train", shape)
+    _, held_out = selection_split(len(cifar_train), recipe["selection_size"], recipe["seed"])
+    rng = np.random.default_rng([seed, 7919])  # a stream the background training never drew
+    chosen = np.sort(rng.permutation(held_out)[:photos])
+    sets = {
+        "calibration_a": pixels[order[:half]],
+        "calibration_b": pixels[order[half:]],
+        "cifar10_train_held_out": cifar_train[chosen],
+        "smooth_noise": smooth_noise(noise, shape, rng),
+    }
+    return {name: _statistics(model, background, images) for name, images in sets.items()}
+
+
+def evaluate_candidates(stats: dict[str, dict[str, np.ndarray]], alpha: float = 0.01) -> dict:
+    """Per candidate and OoD selection set: AUC (%) against part B, share rejected at alpha."""
+    a, b = stats["calibration_a"], stats["calibration_b"]
+    references = {name: EmpiricalReference(np.sort(a[name]), SIDES[name], True) for name in SIDES}
+    out_sets = [name for name in stats if not name.startswith("calibration_")]
+    results = {}
+
+    def t_of(candidate: str, values: dict[str, np.ndarray]) -> np.ndarray:
+        components, combine = CANDIDATES[candidate]
+        return combine({c: references[c].p_value(values[c]) for c in components})
+
+    for candidate in CANDIDATES:
+        t_b = t_of(candidate, b)
+        reference_b = EmpiricalReference(np.sort(t_b), "upper")
+        row = {}
+        for name in out_sets:
+            t_out = t_of(candidate, stats[name])
+            row[name] = {
+                "auc_percent": 100.0 * roc_auc(t_b, t_out),
+                "rejected": float(np.mean(reference_b.p_value(t_out) < alpha)),
+            }
+        results[candidate] = row
+    components = {}
+    for name in (RATIO, "background_nll", "typicality", "complexity_corrected"):
+        sign = -1.0 if SIDES.get(name) == "lower" else 1.0
+        components[name] = {
+            out: 100.0 * roc_auc(sign * b[name], sign * stats[out][name]) for out in out_sets
+        }
+    return {"alpha": alpha, "candidates": results, "raw_component_auc_percent": components}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("model_store/fashion_mnist"))
+    parser.add_argument("--background", type=Path, required=True)
+    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, help="write the JSON result here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    stats = selection_statistics(args.model, args.background, args.data_root)
+    result = evaluate_candidates(stats)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from serving.grpc_stubs import result_pb2
 from serving.schema import (
+    SCHEMA_VERSION,
     Attack,
     ClassificationResponse,
     ClassProbability,
@@ -65,7 +66,7 @@ def to_protobuf(response: ClassificationResponse | ErrorResponse) -> bytes:
     """Serialise an answer (or an error) as ``trustgc.v1.ClassificationResult`` bytes."""
     if isinstance(response, ErrorResponse):
         message = result_pb2.ClassificationResult(
-            schema_version="1",
+            schema_version=SCHEMA_VERSION,
             error=result_pb2.Error(code=response.error.code, message=response.error.message),
         )
         return message.SerializeToString(deterministic=True)
@@ -140,6 +141,11 @@ def from_protobuf(data: bytes) -> ClassificationResponse | ErrorResponse:
             out_of_distribution=message.typicality.out_of_distribution,
             statistic=message.typicality.statistic,
             components=dict(message.typicality.components),
+            rejected_by=(
+                message.typicality.rejected_by
+                if message.typicality.HasField("rejected_by")
+                else None
+            ),
         ),
         attack=Attack(
             p_value=message.attack.p_value,

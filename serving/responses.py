@@ -73,6 +73,7 @@ def build_response(
             out_of_distribution=result.out_of_distribution,
             statistic=result.ood_statistic,
             components=result.component_p_values,
+            rejected_by=result.rejected_by,
         ),
         attack=Attack(
             p_value=result.attack_p_value,

@@ -22,7 +22,7 @@ __all__ = [
     "error_response",
 ]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: typicality.rejected_by
 
 
 class _Model(BaseModel):
@@ -54,6 +54,12 @@ class Typicality(_Model):
         description="calibrated p-values of the individual statistics (typicality is the "
         "paper's two-sided test)"
     )
+    rejected_by: str | None = Field(
+        default=None,
+        description="when out_of_distribution: the served OoD component with the smallest "
+        "p-value (the test that found the image least typical, e.g. background_ratio for a "
+        "photo); null when accepted",
+    )
 
 
 class Attack(_Model):
@@ -84,7 +90,7 @@ class Explanation(_Model):
 
 
 class ClassificationResponse(_Model):
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["2"] = SCHEMA_VERSION
     model: ModelInfo
     decision: Literal["accepted", "rejected_ood", "flagged_attack"]
     prediction: ClassProbability

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17trustgc/v1/result.proto\x12\ntrustgc.v1\"E\n\x10\x43lassProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"*\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"E\n\rLogLikelihood\x12\x14\n\x0c\x62its_per_dim\x18\x01 \x01(\x01\x12\x1e\n\x16per_class_bits_per_dim\x18\x02 \x03(\x01\"\xcb\x01\n\nTypicality\x12\x0f\n\x07p_value\x18\x01 \x01(\x01\x12\r\n\x05\x61lpha\x18\x02 \x01(\x01\x12\x1b\n\x13out_of_distribution\x18\x03 \x01(\x08\x12\x11\n\tstatistic\x18\x04 \x01(\t\x12:\n\ncomponents\x18\x05 \x03(\x0b\x32&.trustgc.v1.Typicality.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\x06\x41ttack\x12\x0f\n\x07p_value\x18\x01 \x01(\x01\x12\r\n\x05\x61lpha\x18\x02 \x01(\x01\x12\x11\n\tsuspected\x18\x03 \x01(\x08\x12\x11\n\tstatistic\x18\x04 \x01(\t\"V\n\x07HeatMap\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06values\x18\x05 \x03(\x01\"\x8f\x01\n\rDecisionSpace\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\x05\x12\x10\n\x08means_xy\x18\x02 \x03(\x01\x12\x0c\n\x04z_xy\x18\x03 \x03(\x01\x12\x19\n\x11residual_distance\x18\x04 \x01(\x01\x12\x19\n\x11radius_horizontal\x18\x05 \x01(\x01\x12\x17\n\x0fradius_vertical\x18\x06 \x01(\x01\"q\n\x0b\x45xplanation\x12/\n\x12posterior_heatmaps\x18\x01 \x03(\x0b\x32\x13.trustgc.v1.HeatMap\x12\x31\n\x0e\x64\x65\x63ision_space\x18\x02 \x01(\x0b\x32\x19.trustgc.v1.DecisionSpace\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xcb\x03\n\x14\x43lassificationResult\x12\x16\n\x0eschema_version\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.trustgc.v1.ModelInfo\x12&\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x14.trustgc.v1.Decision\x12\x30\n\nprediction\x18\x04 \x01(\x0b\x32\x1c.trustgc.v1.ClassProbability\x12\x33\n\rprobabilities\x18\x05 \x03(\x0b\x32\x1c.trustgc.v1.ClassProbability\x12\x31\n\x0elog_likelihood\x18\x06 \x01(\x0b\x32\x19.trustgc.v1.LogLikelihood\x12*\n\ntypicality\x18\x07 \x01(\x0b\x32\x16.trustgc.v1.Typicality\x12\"\n\x06\x61ttack\x18\x08 \x01(\x0b\x32\x12.trustgc.v1.Attack\x12\x31\n\x0b\x65xplanation\x18\t \x01(\x0b\x32\x17.trustgc.v1.ExplanationH\x00\x88\x01\x01\x12 \n\x05\x65rror\x18\n \x01(\x0b\x32\x11.trustgc.v1.ErrorB\x0e\n\x0c_explanation*X\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x10\n\x0cREJECTED_OOD\x10\x02\x12\x12\n\x0e\x46LAGGED_ATTACK\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17trustgc/v1/result.proto\x12\ntrustgc.v1\"E\n\x10\x43lassProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"*\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"E\n\rLogLikelihood\x12\x14\n\x0c\x62its_per_dim\x18\x01 \x01(\x01\x12\x1e\n\x16per_class_bits_per_dim\x18\x02 \x03(\x01\"\xf5\x01\n\nTypicality\x12\x0f\n\x07p_value\x18\x01 \x01(\x01\x12\r\n\x05\x61lpha\x18\x02 \x01(\x01\x12\x1b\n\x13out_of_distribution\x18\x03 \x01(\x08\x12\x11\n\tstatistic\x18\x04 \x01(\t\x12:\n\ncomponents\x18\x05 \x03(\x0b\x32&.trustgc.v1.Typicality.ComponentsEntry\x12\x18\n\x0brejected_by\x18\x06 \x01(\tH\x00\x88\x01\x01\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0e\n\x0c_rejected_by\"N\n\x06\x41ttack\x12\x0f\n\x07p_value\x18\x01 \x01(\x01\x12\r\n\x05\x61lpha\x18\x02 \x01(\x01\x12\x11\n\tsuspected\x18\x03 \x01(\x08\x12\x11\n\tstatistic\x18\x04 \x01(\t\"V\n\x07HeatMap\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06values\x18\x05 \x03(\x01\"\x8f\x01\n\rDecisionSpace\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\x05\x12\x10\n\x08means_xy\x18\x02 \x03(\x01\x12\x0c\n\x04z_xy\x18\x03 \x03(\x01\x12\x19\n\x11residual_distance\x18\x04 \x01(\x01\x12\x19\n\x11radius_horizontal\x18\x05 \x01(\x01\x12\x17\n\x0fradius_vertical\x18\x06 \x01(\x01\"q\n\x0b\x45xplanation\x12/\n\x12posterior_heatmaps\x18\x01 \x03(\x0b\x32\x13.trustgc.v1.HeatMap\x12\x31\n\x0e\x64\x65\x63ision_space\x18\x02 \x01(\x0b\x32\x19.trustgc.v1.DecisionSpace\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xcb\x03\n\x14\x43lassificationResult\x12\x16\n\x0eschema_version\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.trustgc.v1.ModelInfo\x12&\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x14.trustgc.v1.Decision\x12\x30\n\nprediction\x18\x04 \x01(\x0b\x32\x1c.trustgc.v1.ClassProbability\x12\x33\n\rprobabilities\x18\x05 \x03(\x0b\x32\x1c.trustgc.v1.ClassProbability\x12\x31\n\x0elog_likelihood\x18\x06 \x01(\x0b\x32\x19.trustgc.v1.LogLikelihood\x12*\n\ntypicality\x18\x07 \x01(\x0b\x32\x16.trustgc.v1.Typicality\x12\"\n\x06\x61ttack\x18\x08 \x01(\x0b\x32\x12.trustgc.v1.Attack\x12\x31\n\x0b\x65xplanation\x18\t \x01(\x0b\x32\x17.trustgc.v1.ExplanationH\x00\x88\x01\x01\x12 \n\x05\x65rror\x18\n \x01(\x0b\x32\x11.trustgc.v1.ErrorB\x0e\n\x0c_explanation*X\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x10\n\x0cREJECTED_OOD\x10\x02\x12\x12\n\x0e\x46LAGGED_ATTACK\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TYPICALITY_COMPONENTSENTRY']._loaded_options = None
   _globals['_TYPICALITY_COMPONENTSENTRY']._serialized_options = b'8\001'
-  _globals['_DECISION']._serialized_start=1362
-  _globals['_DECISION']._serialized_end=1450
+  _globals['_DECISION']._serialized_start=1404
+  _globals['_DECISION']._serialized_end=1492
   _globals['_CLASSPROBABILITY']._serialized_start=39
   _globals['_CLASSPROBABILITY']._serialized_end=108
   _globals['_MODELINFO']._serialized_start=110
@@ -42,19 +42,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGLIKELIHOOD']._serialized_start=154
   _globals['_LOGLIKELIHOOD']._serialized_end=223
   _globals['_TYPICALITY']._serialized_start=226
-  _globals['_TYPICALITY']._serialized_end=429
-  _globals['_TYPICALITY_COMPONENTSENTRY']._serialized_start=380
-  _globals['_TYPICALITY_COMPONENTSENTRY']._serialized_end=429
-  _globals['_ATTACK']._serialized_start=431
-  _globals['_ATTACK']._serialized_end=509
-  _globals['_HEATMAP']._serialized_start=511
-  _globals['_HEATMAP']._serialized_end=597
-  _globals['_DECISIONSPACE']._serialized_start=600
-  _globals['_DECISIONSPACE']._serialized_end=743
-  _globals['_EXPLANATION']._serialized_start=745
-  _globals['_EXPLANATION']._serialized_end=858
-  _globals['_ERROR']._serialized_start=860
-  _globals['_ERROR']._serialized_end=898
-  _globals['_CLASSIFICATIONRESULT']._serialized_start=901
-  _globals['_CLASSIFICATIONRESULT']._serialized_end=1360
+  _globals['_TYPICALITY']._serialized_end=471
+  _globals['_TYPICALITY_COMPONENTSENTRY']._serialized_start=406
+  _globals['_TYPICALITY_COMPONENTSENTRY']._serialized_end=455
+  _globals['_ATTACK']._serialized_start=473
+  _globals['_ATTACK']._serialized_end=551
+  _globals['_HEATMAP']._serialized_start=553
+  _globals['_HEATMAP']._serialized_end=639
+  _globals['_DECISIONSPACE']._serialized_start=642
+  _globals['_DECISIONSPACE']._serialized_end=785
+  _globals['_EXPLANATION']._serialized_start=787
+  _globals['_EXPLANATION']._serialized_end=900
+  _globals['_ERROR']._serialized_start=902
+  _globals['_ERROR']._serialized_end=940
+  _globals['_CLASSIFICATIONRESULT']._serialized_start=943
+  _globals['_CLASSIFICATIONRESULT']._serialized_end=1402
 # @@protoc_insertion_point(module_scope)

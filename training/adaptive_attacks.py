@@ -8,10 +8,11 @@ image, over the perturbation delta (x_adv = clip(x + delta, 0, 1), forwarded as 
 
 - ``L_detect`` = sum over the served statistics s of ((s - median_s) / std_s)^2, median and std
   of the clean calibration split, one-sided (only the suspicious side counts) where the served
-  test is one-sided.  Every statistic enters through a differentiable torch form; PNG length,
-  which has none, through the re-anchored surrogate of :mod:`training.surrogates` (the
-  ``surrogate=False`` attacker leaves the complexity statistics out, as a gradient-only
-  attacker must).
+  test is one-sided.  Every statistic enters through its torch form from the registry
+  (trustgc.trust.statistics, the background ratio included when the artifact has one); those
+  that name the ``png_length`` surrogate through the re-anchored surrogate of
+  :mod:`training.surrogates` (the ``surrogate=False`` attacker leaves them out, as a
+  gradient-only attacker must).
 - ``kappa`` is the clean logit margin's median: the adversarial is as confident as a typical
   clean image, so neither the margin nor the posterior test sees anything unusual.
 - c and d adapt per image: every ``check_every`` steps the current 8-bit iterate goes through
@@ -41,9 +42,16 @@ from torch import Tensor
 
 from training.attacks import bin_centres, quantize_unit, random_targets, target_margin
 from training.surrogates import AnchoredPngLength, PngSurrogate
+from trustgc.inference import latent_scores
 from trustgc.scoring import LatentScores
 from trustgc.trust import Predictor
 from trustgc.trust.calibration import Calibration
+from trustgc.trust.statistics import (
+    PNG_LENGTH_SURROGATE,
+    STATISTICS,
+    surrogate_of,
+    torch_form_of,
+)
 from trustgc.trust.table import Decision
 
 __all__ = [
@@ -55,8 +63,6 @@ __all__ = [
     "torch_statistics",
 ]
 
-#: The complexity statistics rest on the PNG length: only a surrogate gives them a gradient.
-PNG_STATISTICS = ("complexity_corrected", "complexity_excess")
 _LN2 = math.log(2.0)
 
 
@@ -94,47 +100,48 @@ class ModeResult:
 def torch_statistics(
     scores: LatentScores, png_bits: Tensor | None, names: tuple[str, ...]
 ) -> dict[str, Tensor]:
-    """Differentiable forms of the served statistics (trustgc.trust.statistics) that ``names``
-    asks for; the complexity ones only when ``png_bits`` (the surrogate's length) is given."""
+    """Differentiable forms of the served statistics ``names``: the registry's torch form
+    (trustgc.trust.statistics), or for the PNG-length ones the surrogate's length ``png_bits``
+    (left out when None: a gradient-only attacker).  A statistic with neither is an error: the
+    suite must attack every served component."""
     out: dict[str, Tensor] = {}
-    dim = scores.dim
-    top_two = scores.logits.topk(2, dim=1).values
-    forms = {
-        "typicality": lambda: -scores.log_likelihood / dim,
-        "max_posterior": lambda: -scores.log_posterior.max(dim=1).values,
-        "class_distance": lambda: (
-            scores.squared_distances.gather(1, scores.logits.argmax(dim=1, keepdim=True))[:, 0]
-            / dim
-        ),
-        "logit_margin": lambda: top_two[:, 0] - top_two[:, 1],
-    }
     for name in names:
-        if name in forms:
-            out[name] = forms[name]()
-        elif name in PNG_STATISTICS and png_bits is not None:
-            model_bits = -scores.log_likelihood / _LN2 + 8.0 * dim
-            corrected = (model_bits - png_bits) / dim
-            out[name] = corrected if name == "complexity_corrected" else -corrected
+        form = torch_form_of(name)
+        if form is not None:
+            out[name] = form(scores)
+        elif surrogate_of(name) == PNG_LENGTH_SURROGATE:
+            if png_bits is None:
+                continue
+            model_bits = -scores.log_likelihood / _LN2 + 8.0 * scores.dim
+            corrected = (model_bits - png_bits.to(model_bits.dtype)) / scores.dim
+            out[name] = corrected if STATISTICS[name].negation_of is None else -corrected
+        else:
+            raise ValueError(f"no torch form or known surrogate for served statistic {name!r}")
     return out
 
 
 class ServedPenalty:
-    """L_detect: squared z-scores of the served statistics about their clean medians."""
+    """L_detect: squared z-scores of the served statistics about their clean medians, counted
+    only on the side the served test rejects (``upper``: above, ``lower``: below)."""
 
     def __init__(self, calibration: Calibration, surrogate: bool) -> None:
         names = tuple(sorted(calibration.components))
-        self.names = names if surrogate else tuple(n for n in names if n not in PNG_STATISTICS)
-        summaries = {name: calibration.components[name].summary for name in self.names}
+        if not surrogate:
+            names = tuple(n for n in names if surrogate_of(n) != PNG_LENGTH_SURROGATE)
+        self.names = names
+        summaries = {name: calibration.components[name].summary for name in names}
         self.centre = {name: s["q0.5"] for name, s in summaries.items()}
         self.scale = {name: s["std"] for name, s in summaries.items()}
-        self.upper = {name for name in self.names if calibration.components[name].side == "upper"}
+        self.side = {name: calibration.components[name].side for name in names}
 
     def __call__(self, scores: LatentScores, png_bits: Tensor | None) -> Tensor:
         total = torch.zeros_like(scores.log_likelihood)
         for name, value in torch_statistics(scores, png_bits, self.names).items():
             z = (value - self.centre[name]) / self.scale[name]
-            if name in self.upper:  # the test rejects large values only
+            if self.side[name] == "upper":
                 z = z.clamp(min=0.0)
+            elif self.side[name] == "lower":
+                z = z.clamp(max=0.0)
             total = total + z**2
         return total
 
@@ -228,7 +235,7 @@ def run_mode(
         if step == mode.steps:
             break
         if generative:
-            scores = model.score(x_adv)
+            scores = latent_scores(model, x_adv, predictor.background)
             logits = scores.logits
             png_bits = anchored(x_adv) if anchored is not None else None
             detect = penalty(scores, png_bits)

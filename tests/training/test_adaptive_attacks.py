@@ -25,6 +25,7 @@ from training.adaptive_attacks import (
 )
 from training.data import FASHION_MNIST_DIR, load_fashion_mnist
 from training.robustness import EPSILONS, robustness_curve
+from trustgc.inference import latent_scores
 from trustgc.trust import Predictor
 from trustgc.trust.statistics import png_code_length_bits
 from trustgc.trust.table import Decision
@@ -79,14 +80,14 @@ def test_torch_statistics_equal_the_served_ones(predictor, test_images):
     table = predictor.score(pixels)
     x = (torch.from_numpy(pixels).float() + 0.5) / 256.0
     with torch.no_grad():
-        scores = predictor.model.score(x)
+        scores = latent_scores(predictor.model, x, predictor.background)
     png = torch.from_numpy(png_code_length_bits(pixels)).float()
     names = tuple(table.statistics)
     forms = torch_statistics(scores, png, names)
     assert set(forms) == set(names)
     for name in names:
         np.testing.assert_allclose(
-            forms[name].double().numpy(), table.statistics[name], rtol=1e-3, atol=2e-3, err_msg=name
+            forms[name].double().numpy(), table.statistics[name], rtol=1e-6, atol=1e-6, err_msg=name
         )
     without_png = torch_statistics(scores, None, names)
     assert "complexity_excess" not in without_png and "typicality" in without_png
@@ -96,13 +97,14 @@ def test_torch_statistics_equal_the_served_ones(predictor, test_images):
 def test_penalty_is_one_sided_where_the_test_is(predictor, test_images):
     pixels, _ = test_images
     penalty = ServedPenalty(predictor.calibration, surrogate=True)
-    assert {"complexity_excess", "logit_margin", "max_posterior"} <= penalty.upper
-    assert "typicality" not in penalty.upper
+    upper = {name for name, side in penalty.side.items() if side == "upper"}
+    assert {"complexity_excess", "logit_margin", "max_posterior"} <= upper
+    assert penalty.side["typicality"] == "two_sided"
     no_png = ServedPenalty(predictor.calibration, surrogate=False)
     assert "complexity_excess" not in no_png.names and "typicality" in no_png.names
     x = (torch.from_numpy(pixels).float() + 0.5) / 256.0
     with torch.no_grad():
-        scores = predictor.model.score(x)
+        scores = latent_scores(predictor.model, x, predictor.background)
     png = torch.from_numpy(png_code_length_bits(pixels)).float()
     values = penalty(scores, png)
     assert values.shape == (len(pixels),) and torch.all(values >= 0)
@@ -111,7 +113,8 @@ def test_penalty_is_one_sided_where_the_test_is(predictor, test_images):
     total = 0.0
     for name, value in forms.items():
         z = (value[0].item() - penalty.centre[name]) / penalty.scale[name]
-        total += max(z, 0.0) ** 2 if name in penalty.upper else z**2
+        clamped = {"upper": max(z, 0.0), "lower": min(z, 0.0)}.get(penalty.side[name], z)
+        total += clamped**2
     assert values[0].item() == pytest.approx(total, rel=1e-4)
 
 

@@ -1,7 +1,15 @@
-"""Load test: the served GC and CNN baseline through one TorchServe, over REST and gRPC.
+"""Load test: the served GC, the CNN baseline and each runtime's no-op floor, on TorchServe and
+on the KServe runtime (Open Inference Protocol), over REST and gRPC.
 
-    .venv/bin/python benchmarks/serve_load.py                  # 15 s per cell: about 8 minutes
+    .venv/bin/python benchmarks/serve_load.py                  # 15 s per cell and model
     .venv/bin/python benchmarks/serve_load.py --quick          # smoke test: seconds per cell
+    .venv/bin/python benchmarks/serve_load.py --runtimes torchserve --batch-sizes 1 16 --no-floor
+
+Runtimes: ``torchserve`` serves every model from one TorchServe; ``kserve`` starts one KServe
+runtime process per model (serving/kserve_runtime.py, same batching: ``batch_size`` images per
+batch, 5 ms delay, 2 batches at once).  The floor is a no-op model through the same frontend,
+batching and concurrency (TorchServe: benchmarks/noop_handler.py; KServe: ``noop=True``), so
+``GC / floor`` says how close the served GC comes to what the runtime itself allows here.
 
 Builds four archives into a scratch model store (default ``runs/bench_store``): the shipped GC
 (``model_store/fashion_mnist``) and the CNN baseline (``runs/sweep/fashion_mnist_dc``, archived
@@ -44,8 +52,14 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from machine import cpu_name, load_average  # noqa: E402
 from traffic import closed_loop, fashion_png_images, free_ports  # noqa: E402
 
+from serving.kserve_import import import_kserve  # noqa: E402
+
 GC_DIR = REPO / "model_store" / "fashion_mnist"
 BASELINE_DIR = REPO / "runs" / "sweep" / "fashion_mnist_dc"
+UNTRAINED_BASELINE_DIR = REPO / "runs" / "bench_baseline_untrained"
+NOOP_HANDLER = REPO / "benchmarks" / "noop_handler.py"
+RUNTIMES = ("torchserve", "kserve")
+FLOOR_TARGET = 0.5  # served GC throughput >= 0.5x the runtime's own no-op floor
 PRODUCTION_MODEL_CONFIG = REPO / "deploy" / "torchserve" / "model-config.yaml"
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 THROUGHPUT_TARGET = 0.5  # served GC throughput >= 0.5x the baseline's
@@ -251,12 +265,12 @@ def drive(
 ROLES = ("gc", "baseline")
 
 
-def segment_order(segments: int) -> list[str]:
-    """Which model runs in each slot: ABBA order (gc, baseline, baseline, gc, ...), so a drift
-    in the machine's load during the cell hits both alike."""
+def segment_order(segments: int, roles: tuple[str, ...] = ROLES) -> list[str]:
+    """Which model runs in each slot: ABBA order (gc, baseline, baseline, gc, ...; with a floor
+    ABC CBA ...), so a drift in the machine's load during the cell hits all alike."""
     order: list[str] = []
     for index in range(segments):
-        order += list(ROLES) if index % 2 == 0 else list(reversed(ROLES))
+        order += list(roles) if index % 2 == 0 else list(reversed(roles))
     return order
 
 
@@ -275,17 +289,18 @@ def measure_cell(
     CPU used by everything else on the machine during its segments (cores: other jobs, not
     this benchmark's server or client) and the answer check; and the throughput ratio.
     """
+    roles = tuple(senders)
     try:
-        for role in ROLES:
+        for role in roles:
             if warmup > 0:
                 drive(senders[role], images, concurrency, warmup)
         parts: dict[str, dict] = {
             role: {"latencies": [], "errors": 0, "elapsed": 0.0, "client": 0.0, "other": 0.0}
-            for role in ROLES
+            for role in roles
         }
-        first: dict[str, bytes | None] = {role: None for role in ROLES}
-        samples: dict[str, str | None] = {role: None for role in ROLES}
-        for role in segment_order(segments):
+        first: dict[str, bytes | None] = {role: None for role in roles}
+        samples: dict[str, str | None] = {role: None for role in roles}
+        for role in segment_order(segments, roles):
             meter = CpuMeter(server_pids())
             outcome, elapsed, client_cpu = drive(
                 senders[role], images, concurrency, duration / segments
@@ -313,6 +328,8 @@ def measure_cell(
             summary["error_sample"] = samples[role]
         cell[role] = summary
     cell["ratio"] = ratio(cell["gc"]["throughput"], cell["baseline"]["throughput"])
+    if "floor" in cell:
+        cell["floor_ratio"] = ratio(cell["gc"]["throughput"], cell["floor"]["throughput"])
     return cell
 
 
@@ -377,6 +394,11 @@ def check_answer(body: bytes | None, role: str) -> str:
 
     if body is None:
         return "no successful answer"
+    if role == "floor":
+        return "ok"
+    if body.startswith(b"{") and b'"outputs"' in body[:2000]:  # an OIP REST answer
+        outputs = {o["name"]: o for o in json.loads(body)["outputs"]}
+        body = outputs["answer"]["data"][0].encode()
     response = ClassificationResponse.model_validate_json(body)
     neutral = response.typicality.statistic == "none" and response.attack.p_value == 1.0
     if neutral != (role == "baseline"):
@@ -387,8 +409,13 @@ def check_answer(body: bytes | None, role: str) -> str:
 # ------------------------------------------------------------------------------ servers
 
 
-def build_store(store: Path, batch_sizes: list[int], max_batch_delay: int) -> dict[str, Path]:
-    """The four (or more) archives in ``store``; returns served name -> .mar path."""
+def build_store(
+    store: Path, batch_sizes: list[int], max_batch_delay: int, floor: bool, baseline_dir: Path
+) -> dict[str, Path]:
+    """The archives in ``store`` (GC, baseline and, with ``floor``, the no-op model per batch
+    size); returns served name -> .mar path."""
+    import subprocess
+
     from serving.archive import build_archive
 
     store.mkdir(parents=True, exist_ok=True)
@@ -398,7 +425,7 @@ def build_store(store: Path, batch_sizes: list[int], max_batch_delay: int) -> di
         config = store / f"model-config-batch{batch_size}.yaml"
         config.write_text(model_config_text(base, batch_size, max_batch_delay))
         check_model_config(config, batch_size, max_batch_delay)
-        for role, directory in (("gc", GC_DIR), ("baseline", BASELINE_DIR)):
+        for role, directory in (("gc", GC_DIR), ("baseline", baseline_dir)):
             name = model_name(role, batch_size)
             archives[name] = build_archive(
                 directory,
@@ -408,16 +435,95 @@ def build_store(store: Path, batch_sizes: list[int], max_batch_delay: int) -> di
                 allow_uncalibrated=role == "baseline",
             )
             print(f"built {archives[name]}", flush=True)
+        if floor:
+            name = model_name("floor", batch_size)
+            archiver = Path(sys.executable).with_name("torch-model-archiver")
+            subprocess.run(
+                [
+                    str(archiver),
+                    "--model-name",
+                    name,
+                    "--version",
+                    "1",
+                    "--handler",
+                    str(NOOP_HANDLER),
+                    "--config-file",
+                    str(config),
+                    "--export-path",
+                    str(store),
+                    "--force",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            archives[name] = store / f"{name}.mar"
+            print(f"built {archives[name]}", flush=True)
     return archives
 
 
-def run(args: argparse.Namespace) -> dict:
+def ensure_untrained_baseline(directory: Path) -> Path:
+    """The CNN baseline's architecture with freshly initialised weights, for throughput only
+    (its cost does not depend on the weights) when no trained baseline is at hand."""
+    from trustgc.artifact import ModelManifest, build_model, load_manifest, save_model
+    from trustgc.config import load_model_config
+
+    if not (directory / "model.json").is_file():
+        import torch
+
+        torch.manual_seed(0)
+        config = load_model_config("fashion_mnist_dc")
+        manifest = ModelManifest(
+            name="fashion_mnist_dc",
+            config=config,
+            class_names=load_manifest(GC_DIR).class_names,
+            training={"note": "untrained: for serving throughput only"},
+        )
+        save_model(directory, build_model(config).eval(), manifest)
+    return directory
+
+
+def _cells(
+    args: argparse.Namespace,
+    runtime: str,
+    make_sender: Callable[[str, str, int], Callable],
+    images: list[bytes],
+    pids: Callable[[], list[int]],
+) -> list[dict]:
+    """Every protocol x batch size x concurrency cell of one runtime."""
+    roles = ("gc", "baseline", "floor") if args.floor else ROLES
+    cells = []
+    for protocol in args.protocols:
+        for batch_size in args.batch_sizes:
+            for concurrency in args.concurrency:
+                cell = measure_cell(
+                    {role: make_sender(protocol, role, batch_size) for role in roles},
+                    images,
+                    concurrency,
+                    args.duration,
+                    args.warmup,
+                    args.segments,
+                    pids,
+                )
+                checks = {role: cell[role].pop("check") for role in roles}
+                cell = {
+                    "runtime": runtime,
+                    "protocol": protocol,
+                    "batch_size": batch_size,
+                    "concurrency": concurrency,
+                    "checks": checks,
+                    **cell,
+                }
+                cells.append(cell)
+                print(json.dumps(cell), flush=True)
+    return cells
+
+
+def run_torchserve(args: argparse.Namespace, images: list[bytes], baseline_dir: Path) -> list:
     from serving.server import ServerSettings, TorchServe
 
-    if not (BASELINE_DIR / "model.json").is_file():
-        raise SystemExit(f"the CNN baseline artifact {BASELINE_DIR} is missing")
-    archives = build_store(args.store, args.batch_sizes, args.max_batch_delay)
-    images, source = fashion_png_images(args.images)
+    archives = build_store(
+        args.store, args.batch_sizes, args.max_batch_delay, args.floor, baseline_dir
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="serve-load-", dir=args.run_root))
     settings = ServerSettings(
         model_store=args.store,
@@ -429,62 +535,222 @@ def run(args: argparse.Namespace) -> dict:
     server = TorchServe(settings)
     print(f"starting TorchServe in {run_dir} on {settings.ports}", flush=True)
     server.start()
-    cells = []
-    load_before = load_average()
     try:
         for name in archives:
             server.wait_ready(name, timeout=args.ready_timeout)
         token = server.keys()["inference"]
-        senders = {
-            "REST": lambda model: RestSender(
-                f"{settings.url('inference')}/predictions/{model}", token
-            ),
-            "gRPC": lambda model: GrpcSender(
-                f"{settings.host}:{settings.ports['grpc_inference']}", model, token
-            ),
-        }
-        checks: dict[str, str] = {}
-        for protocol in args.protocols:
-            for batch_size in args.batch_sizes:
-                for concurrency in args.concurrency:
-                    cell = measure_cell(
-                        {role: senders[protocol](model_name(role, batch_size)) for role in ROLES},
-                        images,
-                        concurrency,
-                        args.duration,
-                        args.warmup,
-                        args.segments,
-                        lambda: frontend_tree(server.frontend_pid()),
-                    )
-                    for role in ROLES:
-                        checks.setdefault(f"{protocol} {role}", cell[role].pop("check"))
-                    cell = {
-                        "protocol": protocol,
-                        "batch_size": batch_size,
-                        "concurrency": concurrency,
-                        **cell,
-                    }
-                    cells.append(cell)
-                    print(json.dumps(cell), flush=True)
+
+        def sender(protocol: str, role: str, batch_size: int):
+            model = model_name(role, batch_size)
+            if protocol == "REST":
+                return RestSender(f"{settings.url('inference')}/predictions/{model}", token)
+            target = f"{settings.host}:{settings.ports['grpc_inference']}"
+            return GrpcSender(target, model, token)
+
+        return _cells(
+            args, "torchserve", sender, images, lambda: frontend_tree(server.frontend_pid())
+        )
     finally:
         server.stop()
         print(f"TorchServe stopped (logs in {server.log_dir})", flush=True)
+
+
+class OipRestSender:
+    """OIP REST: the image as base64 in a JSON BYTES tensor (bodies prepared once per image)."""
+
+    def __init__(self, url: str, token: str | None, images: list[bytes]) -> None:
+        import base64
+
+        self.url = url
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.bodies = {
+            image: json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "images",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": [base64.b64encode(image).decode()],
+                        }
+                    ]
+                }
+            ).encode()
+            for image in images
+        }
+        self.local = threading.local()
+
+    def __call__(self, image: bytes) -> tuple[bool, bytes]:
+        import requests
+
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+        answer = session.post(self.url, data=self.bodies[image], headers=self.headers, timeout=60)
+        return answer.status_code == 200, answer.content
+
+    def close(self) -> None:
+        pass
+
+
+class OipGrpcSender:
+    """OIP gRPC ModelInfer with one BYTES element, over one shared channel."""
+
+    def __init__(self, target: str, model: str, token: str | None) -> None:
+        import grpc
+
+        self.grpc = grpc
+        self.pb = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2")
+        pb_grpc = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2_grpc")
+        self.model = model
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.channel = grpc.insecure_channel(target)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def __call__(self, image: bytes) -> tuple[bool, bytes]:
+        pb = self.pb
+        request = pb.ModelInferRequest(
+            model_name=self.model,
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="images",
+                    datatype="BYTES",
+                    shape=[1],
+                    contents=pb.InferTensorContents(bytes_contents=[image]),
+                )
+            ],
+        )
+        try:
+            reply = self.stub.ModelInfer(request, metadata=self.metadata, timeout=60)
+        except self.grpc.RpcError as error:
+            return False, str(error.code()).encode()
+        if reply.raw_output_contents:  # numpy outputs travel raw: 4-byte length, then bytes
+            return True, reply.raw_output_contents[0][4:]
+        return True, reply.outputs[0].contents.bytes_contents[0]
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def run_kserve(args: argparse.Namespace, images: list[bytes], baseline_dir: Path) -> list:
+    """One KServe runtime process per model and batch size, all started before measuring."""
+    from serving.kserve_control import KServeProcess
+    from serving.kserve_runtime import KServeSettings
+
+    roles = ("gc", "baseline", "floor") if args.floor else ROLES
+    directories = {"gc": GC_DIR, "baseline": baseline_dir, "floor": GC_DIR}
+    servers: dict[tuple[str, int], KServeProcess] = {}
+    try:
+        for batch_size in args.batch_sizes:
+            for role in roles:
+                ports = free_ports(("http", "grpc"))
+                settings = KServeSettings(
+                    model_dir=directories[role],
+                    model_name=model_name(role, batch_size),
+                    run_dir=Path(tempfile.mkdtemp(prefix=f"kserve-{role}-", dir=args.run_root)),
+                    http_port=ports["http"],
+                    grpc_port=ports["grpc"],
+                    batch_size=batch_size,
+                    max_batch_delay_ms=args.max_batch_delay,
+                    noop=role == "floor",
+                )
+                server = servers[(role, batch_size)] = KServeProcess(settings)
+                server.start()
+        for server in servers.values():
+            server.wait_ready(timeout=args.ready_timeout)
+
+        def sender(protocol: str, role: str, batch_size: int):
+            server = servers[(role, batch_size)]
+            token = server.keys()["inference"]
+            if protocol == "REST":
+                return OipRestSender(
+                    f"{server.settings.url()}/v2/models/{server.settings.model_name}/infer",
+                    token,
+                    images,
+                )
+            return OipGrpcSender(server.settings.grpc_target(), server.settings.model_name, token)
+
+        return _cells(
+            args,
+            "kserve",
+            sender,
+            images,
+            lambda: [pid for server in servers.values() if (pid := server.pid()) is not None],
+        )
+    finally:
+        for server in servers.values():
+            server.stop()
+        print("KServe runtimes stopped", flush=True)
+
+
+def run(args: argparse.Namespace) -> dict:
+    baseline_dir = args.baseline_dir
+    if baseline_dir is None:
+        baseline_dir = BASELINE_DIR
+        if not (baseline_dir / "model.json").is_file():
+            baseline_dir = ensure_untrained_baseline(UNTRAINED_BASELINE_DIR)
+            print(f"no trained baseline in {BASELINE_DIR}: using {baseline_dir}", flush=True)
+    images, source = fashion_png_images(args.images)
+    load_before = load_average()
+    cells: list[dict] = []
+    for runtime in args.runtimes:
+        runner = run_torchserve if runtime == "torchserve" else run_kserve
+        cells += runner(args, images, baseline_dir)
+    checks: dict[str, str] = {}
+    for cell in cells:
+        for role, check in cell.pop("checks").items():
+            checks.setdefault(f"{cell['runtime']} {cell['protocol']} {role}", check)
+    trained = json.loads((baseline_dir / "model.json").read_text()).get("training", {})
     return {
         "date": datetime.now(UTC).isoformat(timespec="minutes"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",
         "images": source,
+        "baseline": str(baseline_dir)
+        + (" (untrained weights)" if "untrained" in str(trained.get("note", "")) else ""),
         "duration": args.duration,
         "warmup": args.warmup,
         "segments": args.segments,
-        "workers": "production model config: 2 workers x 1 torch thread, maxBatchDelay "
-        f"{args.max_batch_delay} ms",
+        "workers": "production settings: 2 workers x 1 thread, maxBatchDelay "
+        f"{args.max_batch_delay} ms, backend auto (onnxruntime for the GC, torch for the CNN)",
         "load_before": load_before,
         "load_after": load_average(),
         "answer_checks": checks,
-        "run_dir": str(run_dir),
         "cells": cells,
     }
+
+
+def render_runtimes(result: dict) -> str:
+    """Markdown for a run with runtimes and floors: one row per runtime, protocol, batching and
+    concurrency; GC, baseline and floor side by side with GC / floor and GC / baseline."""
+    lines = [
+        f"Machine: {result['machine']}; per cell and model {result['duration']:g} s measured "
+        f"in {result['segments']} segments alternating the models, after {result['warmup']:g} s "
+        f"warm-up; {result['workers']}; baseline {result.get('baseline', '')}; load average "
+        f"(1 min) {result['load_before']:.2f} before, {result['load_after']:.2f} after.",
+        "",
+        "| runtime | protocol | batch | conc. | GC req/s | GC p50 / p99 ms | baseline req/s | "
+        "baseline p50 / p99 ms | floor req/s | floor p50 / p99 ms | errors | other CPU | "
+        "GC / floor | GC / baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in result["cells"]:
+        gc, base = cell["gc"], cell["baseline"]
+        floor = cell.get("floor", {})
+        errors = "/".join(str(cell[r]["errors"]) for r in ("gc", "baseline", "floor") if r in cell)
+        other = max(cell[r].get("other_cpu", float("nan")) for r in ("gc", "baseline"))
+        lines.append(
+            f"| {cell['runtime']} | {cell['protocol']} | {cell['batch_size']} | "
+            f"{cell['concurrency']} | {gc['throughput']:.1f} | {gc['p50_ms']:.1f} / "
+            f"{gc['p99_ms']:.1f} | {base['throughput']:.1f} | {base['p50_ms']:.1f} / "
+            f"{base['p99_ms']:.1f} | {floor.get('throughput', float('nan')):.1f} | "
+            f"{floor.get('p50_ms', float('nan')):.1f} / {floor.get('p99_ms', float('nan')):.1f} "
+            f"| {errors} | {other:.2f} | **{cell.get('floor_ratio', float('nan')):.2f}x** | "
+            f"**{cell['ratio']:.2f}x** |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,17 +758,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per cell")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per cell")
     parser.add_argument(
-        "--segments", type=int, default=3, help="alternating GC/baseline segments per cell"
+        "--segments", type=int, default=3, help="alternating model segments per cell"
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
         "--protocols", nargs="+", default=["REST", "gRPC"], choices=["REST", "gRPC"]
     )
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false", help="skip the no-op floor models"
+    )
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[16], help="16: the production config"
+    )
     parser.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
     parser.add_argument("--images", type=int, default=1000, help="distinct test images sent")
+    parser.add_argument(
+        "--baseline-dir",
+        type=Path,
+        help=f"CNN baseline artifact (default {BASELINE_DIR.relative_to(REPO)}, else an "
+        "untrained one of the same architecture: throughput does not depend on weights)",
+    )
     parser.add_argument("--store", type=Path, default=REPO / "runs" / "bench_store")
-    parser.add_argument("--run-root", type=Path, default=None, help="parent of the run dir")
+    parser.add_argument("--run-root", type=Path, default=None, help="parent of the run dirs")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 s cells")
@@ -517,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve_load.json").write_text(json.dumps(result, indent=2))
-    text = render(result)
+    text = render_runtimes(result)
     (args.out / "serve_load.md").write_text(text)
     print(text)
     print(f"answer checks: {result['answer_checks']}")

@@ -201,3 +201,61 @@ def test_measure_cell_combines_segments_and_closes_senders(serve_load, monkeypat
         assert cell[role]["check"] == f"checked {role}"
         assert cell[role]["other_cpu"] >= 0.0 and senders[role].closed
     assert cell["ratio"] > 0
+
+
+def test_floor_joins_the_segments_and_the_ratios(serve_load, monkeypatch) -> None:
+    assert serve_load.segment_order(2, ("gc", "baseline", "floor")) == [
+        "gc", "baseline", "floor", "floor", "baseline", "gc",
+    ]  # fmt: skip
+    monkeypatch.setattr(serve_load, "check_answer", lambda body, role: "ok")
+
+    def sender(delay: float):
+        class Sender:
+            def __call__(self, image: bytes):
+                import time
+
+                time.sleep(delay)
+                return True, b"answer"
+
+            def close(self) -> None:
+                pass
+
+        return Sender()
+
+    senders = {"gc": sender(0.004), "baseline": sender(0.004), "floor": sender(0.001)}
+    cell = serve_load.measure_cell(senders, [b"x"], 1, 0.1, 0.0, 1, lambda: [])
+    assert set(cell) == {"gc", "baseline", "floor", "ratio", "floor_ratio"}
+    expected = cell["gc"]["throughput"] / cell["floor"]["throughput"]
+    assert cell["floor_ratio"] == pytest.approx(expected)
+    assert cell["floor_ratio"] < 1.0  # the no-op floor answers faster
+
+
+def test_answer_check_reads_oip_answers_and_accepts_the_floor(serve_load) -> None:
+    import json
+
+    assert serve_load.check_answer(b'{"noop": true}', "floor") == "ok"
+    oip = json.dumps(
+        {"outputs": [{"name": "answer", "datatype": "BYTES", "data": ['{"bad": 1}']}]}
+    ).encode()
+    with pytest.raises(ValueError):  # the answer inside is read and validated
+        serve_load.check_answer(oip, "gc")
+
+
+def test_render_runtimes_one_row_per_cell(serve_load) -> None:
+    cell = _cell("REST", 16, 32, 90.0, 100.0)
+    cell.update(runtime="kserve", floor={**cell["gc"], "throughput": 180.0}, floor_ratio=0.5)
+    for side in ("gc", "baseline", "floor"):
+        cell[side]["other_cpu"] = 0.0
+    result = {
+        "machine": "test CPU",
+        "duration": 8.0,
+        "warmup": 2.0,
+        "segments": 2,
+        "workers": "2 workers",
+        "load_before": 0.5,
+        "load_after": 1.0,
+        "cells": [cell],
+    }
+    text = serve_load.render_runtimes(result)
+    rows = [line for line in text.splitlines() if line.startswith("| kserve")]
+    assert len(rows) == 1 and "**0.50x**" in rows[0] and "**0.90x**" in rows[0]

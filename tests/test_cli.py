@@ -187,3 +187,45 @@ def test_module_entry_point_runs_the_same_parser() -> None:
     assert result.returncode == 0, result.stderr
     for command in ("train", "export-onnx", "classify"):
         assert command in result.stdout
+
+
+# ------------------------------------------------------------------ export-onnx (the core's)
+
+
+def test_export_onnx_writes_a_checked_export_with_the_given_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from trustgc.artifact import ModelManifest, save_model
+    from trustgc.config import load_model_config
+    from trustgc.ibinn import IBINN
+    from trustgc.onnx_backend import checked_onnx_path, load_onnx_info
+    from trustgc_cli.main import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = IBINN(load_model_config("tiny")).eval()
+        manifest = ModelManifest(name="tiny", config=model.config, class_names=("a", "b", "c", "d"))
+        save_model(tmp_path, model, manifest)
+        argv = ["export-onnx", "--model", str(tmp_path), "--opset", "17"]
+        code = main([*argv, "--exporter", "torchscript"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    assert "model.onnx" in capsys.readouterr().out
+    info = load_onnx_info(tmp_path)
+    assert (info["exporter"], info["opset"]) == ("torchscript", 17)
+    assert not list(tmp_path.glob(".*partial*"))
+    checked_onnx_path(tmp_path)  # the export is of these weights
+
+
+def test_export_onnx_reports_a_missing_artifact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trustgc_cli.main import main
+
+    assert main(["export-onnx", "--model", str(tmp_path)]) == 2
+    assert "model.json is missing" in capsys.readouterr().err

@@ -29,9 +29,10 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.data_root import data_root
 from training.loss import ib_loss
 from training.served_sets import served_cifar10
-from trustgc.artifact import ModelManifest, build_model, save_model
+from trustgc.artifact import ModelManifest, build_model, load_model, save_model
 from trustgc.config import load_config_file, load_model_config
 from trustgc.preprocess import dequantize
 
@@ -96,10 +97,22 @@ def _learning_rate(peak: float, fraction: float) -> float:
     return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_background(config_name: str, out: Path, data_root: Path) -> dict:
-    """Train the background flow within the config's time budget; write an artifact to ``out``."""
+def train_background(
+    config_name: str,
+    out: Path,
+    data_root: Path,
+    init: Path | None = None,
+    minutes: float | None = None,
+) -> dict:
+    """Train the background flow within the config's time budget; write an artifact to ``out``.
+
+    ``init`` continues from an earlier background artifact's weights (a second budget on a busy
+    machine); ``minutes`` overrides the config's budget.  Both are recorded in the recipe.
+    """
     raw = load_config_file(config_name)
     options = BackgroundConfig.model_validate(raw["background"])
+    if minutes is not None:
+        options = options.model_copy(update={"minutes": minutes})
     model_config = load_model_config(config_name)
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
@@ -110,7 +123,13 @@ def train_background(config_name: str, out: Path, data_root: Path) -> dict:
     photos = torch.from_numpy(photos[train_index])
     rng = np.random.default_rng(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
-    model = build_model(model_config).train()
+    model = build_model(model_config)
+    previous = None
+    if init is not None:
+        loaded, manifest = load_model(init)
+        model.load_state_dict(loaded.state_dict())
+        previous = manifest.training
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-5)
     noise_count = int(round(options.batch_size * options.noise_share))
     photo_count = options.batch_size - noise_count
@@ -147,6 +166,7 @@ def train_background(config_name: str, out: Path, data_root: Path) -> dict:
         "training_seconds": round(time.monotonic() - start, 1),
         "torch_version": torch.__version__,
         "log": log[-5:],
+        "continued_from": previous,
     }
     manifest = ModelManifest(
         name=model_config.name, config=model_config, class_names=BACKGROUND_CLASSES, training=recipe
@@ -162,9 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="fashion_mnist_background")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    parser.add_argument(
+        "--data-root", type=Path, default=data_root(), help="default: $TRUSTGC_DATA"
+    )
+    parser.add_argument("--init", type=Path, help="continue from this background artifact")
+    parser.add_argument("--minutes", type=float, help="override the config's time budget")
     args = parser.parse_args(argv)
-    print(json.dumps(train_background(args.config, args.out, args.data_root), indent=2))
+    recipe = train_background(args.config, args.out, args.data_root, args.init, args.minutes)
+    print(json.dumps(recipe, indent=2))
     return 0
 
 

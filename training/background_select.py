@@ -25,6 +25,7 @@ import torch
 
 from training.background import selection_split, smooth_noise
 from training.calibrate import calibration_split
+from training.data_root import data_root
 from training.metrics import roc_auc
 from training.served_sets import served_cifar10
 from trustgc.artifact import load_model
@@ -36,7 +37,7 @@ from trustgc.trust.statistics import STATISTICS, compute_statistics
 __all__ = ["CANDIDATES", "evaluate_candidates", "selection_statistics"]
 
 RATIO = "background_ratio"  # (log q_in(x) - log q_bg(x)) / D, lower tail suspicious
-SIDES = {**{name: s.side for name, s in STATISTICS.items()}, RATIO: "lower"}
+SIDES = {name: s.side for name, s in STATISTICS.items()}
 
 
 def _fisher(p: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
@@ -80,12 +81,9 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], n
 
 def _statistics(model, background, pixels: np.ndarray) -> dict[str, np.ndarray]:
     """Every registered statistic plus the background ratio, for uint8 (N, C, H, W)."""
-    tensor = torch.from_numpy(pixels)
-    outputs = model_outputs(model, tensor, 500)
+    outputs = model_outputs(model, torch.from_numpy(pixels), 500, background=background)
     statistics = compute_statistics(outputs, pixels, sorted(STATISTICS))
-    background_ll = model_outputs(background, tensor, 500).log_likelihood
-    statistics[RATIO] = (outputs.log_likelihood - background_ll) / outputs.dim
-    statistics["background_nll"] = -background_ll / outputs.dim
+    statistics["background_nll"] = -outputs.background_log_likelihood / outputs.dim
     return statistics
 
 
@@ -144,7 +142,7 @@ def evaluate_candidates(stats: dict[str, dict[str, np.ndarray]], alpha: float = 
         results[candidate] = row
     components = {}
     for name in (RATIO, "background_nll", "typicality", "complexity_corrected"):
-        sign = -1.0 if SIDES.get(name) == "lower" else 1.0
+        sign = -1.0 if SIDES.get(name) == "lower" else 1.0  # background_nll: upper
         components[name] = {
             out: 100.0 * roc_auc(sign * b[name], sign * stats[out][name]) for out in out_sets
         }
@@ -157,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("model_store/fashion_mnist"))
     parser.add_argument("--background", type=Path, required=True)
-    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    parser.add_argument(
+        "--data-root", type=Path, default=data_root(), help="default: $TRUSTGC_DATA"
+    )
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -117,9 +117,20 @@ def add_ood(commands: Subparsers) -> None:
         help="comma-separated OoD sets (default: every set training/ood.py defines; an unknown "
         "name is refused with the list)",
     )
+    parser.add_argument(
+        "--ood-dir",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also evaluate a folder of image files as OoD set NAME (repeatable)",
+    )
     parser.add_argument("--limit", type=int, default=2000, help="images per OoD set")
-    parser.add_argument("--data-dir", type=Path, help="in-distribution data directory")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--data-root", type=Path, help="folder with mnist/, notmnist/, cifar10/ ($TRUSTGC_DATA)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--out", type=Path, help="also write the JSON report to this file")
     parser.set_defaults(run=run_ood)
 
 
@@ -138,27 +149,29 @@ def ood_set_names(text: str | None) -> list[str]:
 
 
 def run_ood(args: argparse.Namespace) -> int:
-    from training.ood import evaluate_ood
+    """Every set through the served decoding path (training/ood.py); table or JSON."""
+    from training.ood import OodOptions, evaluate_ood, format_table, parse_ood_dir
 
-    result = evaluate_ood(args.model, ood_set_names(args.ood), args.limit, args.data_dir)
+    options = OodOptions(
+        model=args.model,
+        sets=tuple(ood_set_names(args.ood)),
+        ood_dirs=dict(parse_ood_dir(text) for text in args.ood_dir),
+        limit=args.limit,
+        data_root=args.data_root,
+        seed=args.seed,
+    )
+    result = evaluate_ood(options)
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(
-        f"{'OoD set':<16}{'production':>12}{'paper 2-sided':>15}{'1-sided lik.':>14}"
-        f"{'max-post.':>11}{'rejected':>10}"
-    )
-    for name, row in result["auc_percent"].items():
-        print(
-            f"{name:<16}{row['production']:>12.2f}{row['paper_two_sided']:>15.2f}"
-            f"{row['one_sided_likelihood']:>14.2f}{row['max_posterior']:>11.2f}"
-            f"{row['rejected_at_alpha']:>10.3f}"
-        )
-    for alpha, row in result["calibration"].items():
+    print(format_table(result))
+    for alpha, row in result["in_distribution"]["rejection"].items():
         low, high = row["interval_99"]
         print(
-            f"in-distribution rejection at alpha={alpha}: {row['rejection_rate']:.4f} "
-            f"(99% interval {low:.4f}-{high:.4f}, calibrated: {row['calibrated']})"
+            f"in-distribution rejection at alpha={alpha}: {row['rate']:.4f} "
+            f"(99% interval {low:.4f}-{high:.4f}, inside: {row['inside']})"
         )
     return 0
 

@@ -35,8 +35,11 @@ from trustgc.trust.table import Decision, ScoreTable
 __all__ = [
     "OOD_SETS",
     "OodOptions",
+    "as_png",
     "evaluate_ood",
+    "format_table",
     "make_ood_set",
+    "parse_ood_dir",
     "served_ood_statistic",
 ]
 
@@ -287,61 +290,3 @@ def parse_ood_dir(text: str) -> tuple[str, Path]:
     if not sep or not name or not folder:
         raise ValueError(f"--ood-dir takes NAME=DIR, got {text!r}")
     return name, Path(folder)
-
-
-def add_ood_arguments(parser) -> None:
-    """The ``ood`` subcommand's flags, one per :class:`OodOptions` field."""
-    fields = OodOptions.model_fields
-    parser.add_argument("--model", type=Path, required=True, help=fields["model"].description)
-    parser.add_argument(
-        "--ood",
-        default=",".join(OOD_SETS),
-        help=f"comma-separated built-in sets from {', '.join(OOD_SETS)}",
-    )
-    parser.add_argument(
-        "--ood-dir",
-        action="append",
-        default=[],
-        metavar="NAME=DIR",
-        help=f"{fields['ood_dirs'].description} (repeatable)",
-    )
-    parser.add_argument("--limit", type=int, default=2000, help=fields["limit"].description)
-    parser.add_argument("--data-root", type=Path, help=fields["data_root"].description)
-    parser.add_argument("--seed", type=int, default=0, help=fields["seed"].description)
-    parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
-
-
-def options_from_arguments(args) -> OodOptions:
-    return OodOptions(
-        model=args.model,
-        sets=tuple(s for s in args.ood.split(",") if s),
-        ood_dirs=dict(parse_ood_dir(text) for text in args.ood_dir),
-        limit=args.limit,
-        data_root=args.data_root,
-        seed=args.seed,
-    )
-
-
-def run_ood_command(args) -> int:
-    """Evaluate, print the Markdown table and the in-distribution check, optionally save JSON."""
-    import json
-
-    result = evaluate_ood(options_from_arguments(args))
-    print(format_table(result))
-    for alpha, row in result["in_distribution"]["rejection"].items():
-        low, high = row["interval_99"]
-        print(
-            f"in-distribution rejection at alpha={alpha}: {row['rate']:.4f} "
-            f"(99% interval {low:.4f}-{high:.4f}, inside: {row['inside']})"
-        )
-    if args.json is not None:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_ood_arguments(parser)
-    raise SystemExit(run_ood_command(parser.parse_args()))

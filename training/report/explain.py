@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from training.data_root import data_root
 from training.ood import make_ood_set
 from trustgc.preprocess import pixels_to_tensor
 
@@ -44,10 +45,12 @@ def _explain_stage(models, test, clean, options, out: Path) -> dict[str, Any]:
     model = next((m for m in gcs if m.label == options.explain_beta), gcs[len(gcs) // 2])
     confident, ambiguous = _explain_examples(clean[model.name]["scores"], test.labels)
     ood_name = "mnist"
+    nchw = test.images.transpose(0, 3, 1, 2)  # make_ood_set speaks (N, C, H, W)
     try:
-        ood = make_ood_set("mnist", test.images, 1, options.seed)
+        ood = make_ood_set("mnist", nchw, 1, data_root(), options.seed)
     except (ValueError, OSError):
-        ood_name, ood = "uniform_noise", make_ood_set("uniform_noise", test.images, 1, options.seed)
+        ood_name, ood = "uniform_noise", make_ood_set("uniform_noise", nchw, 1, None, options.seed)
+    ood = ood.transpose(0, 2, 3, 1)
     cases = {
         "confident": test.images[confident],
         "ambiguous": test.images[ambiguous],

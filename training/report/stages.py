@@ -11,6 +11,7 @@ from tqdm import tqdm
 import training.corruptions as corruptions_module
 from training.corruptions import CORRUPTIONS, corrupt
 from training.data import ImageDataset
+from training.data_root import data_root
 from training.evaluate import metrics_from_outputs
 from training.ood import OOD_SETS, make_ood_set
 from training.report.cache import _Cache, _sha256
@@ -57,10 +58,14 @@ def _ood_stage(models, test, clean, options, cache) -> dict[str, dict]:
         key["calib"] = options.calibration_size
 
         def compute(model=model):
+            nchw = test.images.transpose(0, 3, 1, 2)
             rows = {}
             for name in OOD_SETS:
                 try:
-                    images = make_ood_set(name, test.images, options.n_ood, options.seed)
+                    # served decoding; make_ood_set speaks (N, C, H, W), the report (N, H, W, C)
+                    images = make_ood_set(
+                        name, nchw, options.n_ood, data_root(), options.seed
+                    ).transpose(0, 2, 3, 1)
                 except (ValueError, OSError) as error:
                     rows[name] = {"error": str(error).splitlines()[0]}
                     continue

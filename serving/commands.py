@@ -8,6 +8,7 @@ TorchServe) and ``trustgc --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from trustgc_cli.registry import CommandGroup, Subparsers
@@ -133,6 +134,13 @@ def run_kserve(args: argparse.Namespace) -> int:
     settings = KServeSettings(auth=not args.no_auth, host=args.host)
     if args.model_store:
         settings.model_dir = Path(args.model_store) / settings.model_name
+    if getattr(args, "model", None):
+        from serving.server import parse_model_spec
+
+        if len(args.model) > 1:
+            raise ValueError("the kserve runtime serves one model: give one --model DIR[=NAME]")
+        spec = parse_model_spec(args.model[0])
+        settings.model_dir, settings.model_name = spec.directory, spec.name
     action = {
         "serve": kserve_control.run_foreground,
         "start": kserve_control.start_background,
@@ -160,8 +168,17 @@ def add_classify(commands: Subparsers) -> None:
     parser.set_defaults(run=run_classify)
 
 
+def _started_key_file(default: Path) -> Path:
+    """The key file of a server started here, else of one started in the project directory
+    (``trustgc start`` writes it to the project's ``.run/``, wherever it was run from)."""
+    from serving import paths
+
+    return default if default.is_file() else paths.project_dir() / default
+
+
 def run_classify(args: argparse.Namespace) -> int:
-    from serving.client import ClassifierClient, resolve_token
+    from serving.client import ClassifierClient, ClientError, resolve_token
+    from serving.files import collect_files
     from serving.schema import ErrorResponse
 
     url, target, key_file = CLIENT_DEFAULTS[getattr(args, "runtime", "torchserve")]
@@ -172,7 +189,7 @@ def run_classify(args: argparse.Namespace) -> int:
         model=args.model,
         http_url=args.url or url,
         grpc_target=args.grpc_target or target,
-        token=resolve_token(args.token, args.key_file or key_file),
+        token=resolve_token(args.token, args.key_file or _started_key_file(key_file)),
     )
     failures = 0
     if not args.json:
@@ -180,10 +197,16 @@ def run_classify(args: argparse.Namespace) -> int:
             f"{'image':<28}{'decision':<16}{'prediction':<16}{'prob.':>7}{'OoD p':>9}"
             f"{'attack p':>10}{'bits/dim':>10}"
         )
-    for path in args.images:
-        answer = client.classify(
-            path.read_bytes(), explain=args.explain, top_k=args.top_k, use_grpc=args.grpc
-        )
+    for path in collect_files(args.images):  # a directory: its images; go on past bad files
+        try:
+            answer = client.classify(
+                path.read_bytes(), explain=args.explain, top_k=args.top_k, use_grpc=args.grpc
+            )
+        except (OSError, ClientError) as error:  # unreadable file; 413 and other HTTP answers
+            message = error.strerror if isinstance(error, OSError) else str(error)
+            print(f"{path.name:<28}error: {message or error}", file=sys.stderr)
+            failures += 1
+            continue
         if args.json:
             print(answer.model_dump_json(exclude_none=True, indent=2))
         elif isinstance(answer, ErrorResponse):

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from serving import paths
 from serving.decode import DecodeLimits, decode_image
 from serving.errors import ErrorCode, InputError
+from serving.files import collect_files
 from serving.requests import RequestOptions
 from serving.responses import build_response
 from serving.schema import error_response
@@ -53,26 +54,6 @@ CSV_COLUMNS = (
     "error_code",
     "error_message",
 )
-_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in _IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def collect_files(inputs: Iterable[Path]) -> list[Path]:
-    """Files as given, and the images under each directory (recursively, sorted).
-
-    A named file is kept whatever it holds (it gets an error row if it is no image); inside a
-    directory only files with an image suffix are taken.
-    """
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and _is_image(p))
-        else:
-            files.append(item)
-    return files
 
 
 def _handler_settings(model_config: Path | None) -> dict[str, Any]:

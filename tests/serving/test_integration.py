@@ -33,6 +33,7 @@ from serving.metrics import DECISIONS
 from serving.proto_codec import from_protobuf
 from serving.schema import ClassificationResponse, ErrorResponse
 from training.data import load_dataset, load_mnist
+from trustgc.backend import choose_backend
 from trustgc.trust.predictor import Predictor
 
 pytestmark = pytest.mark.integration
@@ -144,7 +145,10 @@ def mnist(data_set_dir):
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    return Predictor.from_artifact(MODEL_DIR, device="cpu")
+    """The core on the backend the server chooses (trustgc.backend: onnxruntime for the shipped
+    model), so that bit-level comparisons compare like with like."""
+    backend = choose_backend(MODEL_DIR).backend
+    return Predictor.from_artifact(MODEL_DIR, device="cpu", backend=backend)
 
 
 @pytest.fixture(scope="module")

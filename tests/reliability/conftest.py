@@ -89,6 +89,8 @@ def fashion():
 
 @pytest.fixture(scope="session")
 def predictor():
+    from trustgc.backend import choose_backend
     from trustgc.trust.predictor import Predictor
 
-    return Predictor.from_artifact(MODEL_DIR, device="cpu")
+    backend = choose_backend(MODEL_DIR).backend  # the served one (onnxruntime when exported)
+    return Predictor.from_artifact(MODEL_DIR, device="cpu", backend=backend)

@@ -1,5 +1,5 @@
 """The training subproject's ``trustgc`` subcommands: train, evaluate, calibrate, ood, corrupt,
-report and attack.
+report, attack and robustness.
 
 One decorated function per subcommand (see :mod:`trustgc_cli.registry`); each ``run`` imports
 its implementation when called, so declaring them imports neither torch nor the trainer.
@@ -305,3 +305,23 @@ def run_attack(args: argparse.Namespace) -> int:
     run(args, "trustgc " + " ".join(sys.argv[1:]))
     print(f"wrote {args.out}")
     return 0
+
+
+# ------------------------------------------------------------------------------- robustness
+
+
+@COMMANDS.command
+def add_robustness(commands: Subparsers) -> None:
+    from training.robustness import add_arguments  # light: torch is imported when it runs
+
+    parser = commands.add_parser(
+        "robustness", help="robustness curves under the adaptive attack suite (served decision)"
+    )
+    add_arguments(parser)  # one set of options for `trustgc robustness` and the module
+    parser.set_defaults(run=run_robustness)
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    from training.robustness import execute
+
+    return execute(args, "trustgc " + " ".join(sys.argv[1:]))

@@ -12,7 +12,8 @@ Modes run one after the other over all images, in chunks, and the JSON is rewrit
 every chunk, so an interrupted run still leaves every finished mode's numbers.  A mode is not
 run on an image whose best L2 so far is already <= the smallest eps (it cannot move the curve).
 
-``--plot`` draws the curves of finished result files into one PNG.
+``--plot FILES --out PNG`` draws the curves of result files into one PNG and prints them as a
+markdown table.
 """
 
 from __future__ import annotations
@@ -22,42 +23,57 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from training.adaptive_attacks import AttackMode, run_mode
-from training.data import load_fashion_mnist
-from training.surrogates import PngSurrogate, fit_png_surrogate, perturbed_copies
-from trustgc.trust import Predictor
 from trustgc.trust.table import Decision
+
+if TYPE_CHECKING:  # the module imports torch only when it runs attacks (light for the CLI)
+    from training.adaptive_attacks import AttackMode
+    from training.surrogates import PngSurrogate
+    from trustgc.trust import Predictor
 
 __all__ = [
     "EPSILONS",
-    "SUITES",
+    "SUITE_NAMES",
+    "add_arguments",
+    "markdown_table",
     "robustness_curve",
     "select_images",
+    "suite",
 ]
 
 EPSILONS = tuple(round(0.25 * k, 2) for k in range(1, 13))
-#: The full adaptive suite, strongest modes first (see training/adaptive_attacks.py).  Budgets
-#: from a 10-image pilot: PGD with a growing radius was the strongest single mode; CW-L2 did
-#: better with Adam lr 0.01 for 200 steps than with lr 0.02 for 150.
-_FULL = (
-    AttackMode(name="pgd_runner_up", kind="pgd", steps=150),
-    AttackMode(name="cw_runner_up", steps=200, lr=0.01),
-    AttackMode(name="sparse_l1", l1=0.05, steps=150, lr=0.02),
-    AttackMode(name="lowfreq_14", grid=14, steps=150, lr=0.02),
-    AttackMode(name="lowfreq_7", grid=7, steps=150, lr=0.02),
-    AttackMode(name="cw_random", target="random", steps=200, lr=0.01),
-)
-SUITES: dict[str, tuple[AttackMode, ...]] = {
-    "full": _FULL,
-    # the same attacker without the PNG surrogate: a gradient-only attacker
-    "no_surrogate": tuple(m.model_copy(update={"surrogate": False}) for m in _FULL[:2]),
-    # an undefended classifier: no detector, any wrong label counts, no confidence cap
-    "undefended": tuple(m.model_copy(update={"d": 0.0, "kappa": 0.0}) for m in _FULL),
-}
+SUITE_NAMES = ("full", "no_surrogate", "undefended")
+
+
+def suite(name: str) -> tuple[AttackMode, ...]:
+    """The modes of a suite: ``full`` (the adaptive suite), ``no_surrogate`` (the same attacker's
+    first two modes without the PNG surrogate: a gradient-only attacker) or ``undefended`` (the
+    full suite against a classifier without detector: no penalty, any wrong label counts).
+
+    Strongest modes first; budgets from a 10-image pilot: PGD with a growing radius was the
+    strongest single mode, CW-L2 did better with Adam lr 0.01 for 200 steps than with lr 0.02
+    for 150.
+    """
+    from training.adaptive_attacks import AttackMode
+
+    full = (
+        AttackMode(name="pgd_runner_up", kind="pgd", steps=150),
+        AttackMode(name="cw_runner_up", steps=200, lr=0.01),
+        AttackMode(name="sparse_l1", l1=0.05, steps=150, lr=0.02),
+        AttackMode(name="lowfreq_14", grid=14, steps=150, lr=0.02),
+        AttackMode(name="lowfreq_7", grid=7, steps=150, lr=0.02),
+        AttackMode(name="cw_random", target="random", steps=200, lr=0.01),
+    )
+    if name == "full":
+        return full
+    if name == "no_surrogate":
+        return tuple(m.model_copy(update={"surrogate": False}) for m in full[:2])
+    if name == "undefended":
+        return tuple(m.model_copy(update={"d": 0.0, "kappa": 0.0}) for m in full)
+    raise ValueError(f"unknown suite {name!r}; known: {SUITE_NAMES}")
 
 
 def robustness_curve(min_l2: np.ndarray, epsilons=EPSILONS) -> list[float]:
@@ -90,6 +106,9 @@ def select_images(
 
 
 def _fit_surrogate(seed: int) -> PngSurrogate:
+    from training.data import load_fashion_mnist
+    from training.surrogates import fit_png_surrogate, perturbed_copies
+
     train = load_fashion_mnist("train").images.transpose(0, 3, 1, 2)
     rng = np.random.default_rng(seed)
     return fit_png_surrogate(perturbed_copies(train[rng.choice(len(train), 300, replace=False)]))
@@ -111,11 +130,17 @@ def _summary(per_mode: dict[str, list[float]]) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, command: str) -> dict:
+    import torch
+
+    from training.adaptive_attacks import run_mode
+    from training.data import load_fashion_mnist
+    from trustgc.trust import Predictor
+
     torch.set_num_threads(args.threads)
     test = load_fashion_mnist("test")
     pixels, labels = test.images.transpose(0, 3, 1, 2), test.labels
-    gc = Predictor.from_artifact(args.gc)
+    gc = Predictor.from_artifact(args.gc, backend="torch")  # the attack needs f's gradient
     baseline = Predictor.from_artifact(args.baseline) if args.baseline else None
     # images are chosen by the GC alone, so that every model is attacked on the same images
     # whichever finishes first; the baseline's clean errors are counted in the JSON
@@ -123,16 +148,16 @@ def run(args: argparse.Namespace) -> dict:
     target = gc if args.model == "gc" else baseline
     if target is None:
         raise SystemExit("--model baseline needs --baseline")
-    suite = SUITES[args.suite]
+    modes = suite(args.suite)
     if args.modes:
-        suite = tuple(m for m in suite if m.name in args.modes.split(","))
+        modes = tuple(m for m in modes if m.name in args.modes.split(","))
     surrogate = _fit_surrogate(args.seed) if args.suite == "full" and args.model == "gc" else None
     result = {
-        "command": "python -m training.robustness " + " ".join(args.argv),
+        "command": command,
         "model": str(args.gc if args.model == "gc" else args.baseline),
         "model_kind": args.model,
         "suite": args.suite,
-        "modes": [m.model_dump() for m in suite],
+        "modes": [m.model_dump() for m in modes],
         "surrogate": surrogate.model_dump() if surrogate else None,
         "n": int(len(indices)),
         "seed": args.seed,
@@ -146,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     best = np.full(len(indices), np.inf)
     started = time.time()
-    for mode in suite:
+    for mode in modes:
         l2 = np.full(len(indices), np.inf)
         counts = {str(d): 0 for d in Decision}
         mode_start = time.time()
@@ -206,26 +231,62 @@ def plot(files: list[Path], out: Path) -> None:
     figure.savefig(out, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def markdown_table(files: list[Path]) -> str:
+    """The curves of result files as a markdown table (percent), plus their medians."""
+    rows = []
+    header = None
+    for file in files:
+        data = json.loads(file.read_text())
+        summary = data["summary"]
+        if header is None:
+            header = summary["epsilons"]
+        median = summary["median_min_l2"]
+        median_text = f"{float(median):.2f}" if np.isfinite(float(median)) else "> 3 (never)"
+        modes = ", ".join(data["l2"]) + ("" if data["finished"] else " (run unfinished)")
+        rows.append(
+            f"| {data['model_kind']} / {data['suite']} | {data['n']} | {modes} | "
+            + " | ".join(f"{100 * v:.1f}" for v in summary["curve"])
+            + f" | {median_text} |"
+        )
+    head = "| model / attacker | n | modes run | " + " | ".join(f"{e:g}" for e in header)
+    rule = "|" + "---|" * (len(header) + 4)
+    return "\n".join([head + " | median min L2 |", rule, *rows])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m training.robustness`` and ``trustgc robustness``."""
     parser.add_argument("--gc", type=Path, default=Path("model_store/fashion_mnist"))
     parser.add_argument("--baseline", type=Path, help="CNN baseline artifact (undefended)")
     parser.add_argument("--model", choices=("gc", "baseline"), default="gc")
-    parser.add_argument("--suite", choices=tuple(SUITES), default="full")
+    parser.add_argument("--suite", choices=SUITE_NAMES, default="full")
     parser.add_argument("--modes", help="comma-separated subset of the suite's mode names")
-    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--n", type=int, default=200, help="attacked test images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--chunk", type=int, default=50, help="images per batch")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("docs/results/robustness_gc.json"))
-    parser.add_argument("--plot", type=Path, nargs="+", help="result files to draw (no attack)")
-    args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    parser.add_argument(
+        "--plot", type=Path, nargs="+", help="draw these result files into --out (no attack)"
+    )
+
+
+def execute(args: argparse.Namespace, command: str) -> int:
+    """Run the suite, or with ``--plot`` draw result files and print their table."""
     if args.plot:
         plot(args.plot, args.out)
+        print(markdown_table(args.plot))
         return 0
-    run(args)
+    run(args, command)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return execute(parser.parse_args(argv), "python -m training.robustness " + " ".join(argv))
 
 
 if __name__ == "__main__":

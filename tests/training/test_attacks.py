@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from training.attack_eval import write_markdown
+from training.attack_eval import _z_squared, write_markdown
 from training.attack_options import DETECT_STATISTICS
 from training.attacks import (
     SURROGATES,
@@ -266,6 +267,20 @@ def test_penalty_terms_follow_each_statistics_served_side(tiny, monkeypatch) -> 
     lower = DetectionPenalty({"typicality": (mean, std)}).terms(scores)["typicality"]
     z = (values["typicality"] - mean) / std
     torch.testing.assert_close(lower, z.clamp(max=0.0) ** 2, rtol=0, atol=0)
+
+
+def test_reported_z_squared_are_the_penalty_terms_of_the_served_statistics(tiny) -> None:
+    """attack_eval's z2 columns: the served (numpy) statistics' squared z-scores, clamped to
+    each statistic's served side exactly as L_detect clamps them."""
+    model, pixels, _, penalty = tiny
+    z2 = _z_squared(SimpleNamespace(model=model, device="cpu"), penalty, pixels, batch=5)
+    served = compute_statistics(model_outputs(model, pixels), pixels.numpy(), list(z2))
+    for name, values in z2.items():
+        mean, std = penalty.statistics[name]
+        z = (served[name] - mean) / std
+        z = np.maximum(z, 0.0) if STATISTICS[name].side == "upper" else z
+        np.testing.assert_allclose(values, z**2, rtol=1e-5, atol=1e-7)  # other batch sizes
+    assert np.any(z2["logit_margin"] == 0.0)  # the one-sided clamp is active on clean images
 
 
 def test_statistics_without_gradient_use_their_named_surrogate(tiny, monkeypatch) -> None:

@@ -79,20 +79,10 @@ def manifest(model) -> ModelManifest:
     return ModelManifest(name="tiny", config=model.config, class_names=("a", "b", "c", "d"))
 
 
-def _pixels(count: int, seed: int) -> np.ndarray:
-    """uint8 (N, 1, 8, 8): smooth blobs of random brightness plus noise, and some pure noise."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(np.arange(8), np.arange(8), indexing="ij"))
-    centres = rng.uniform(1, 7, (count, 2, 1, 1))
-    blob = np.exp(-((grid[None] - centres) ** 2).sum(axis=1) / rng.uniform(2, 8, (count, 1, 1)))
-    images = 255 * blob * rng.uniform(0.3, 1.0, (count, 1, 1)) + rng.normal(0, 10, blob.shape)
-    images[: count // 8] = rng.uniform(0, 255, (count // 8, 8, 8))
-    return np.clip(images, 0, 255).astype(np.uint8)[:, None]
-
-
 @pytest.fixture(scope="module")
-def pixels() -> np.ndarray:
-    return _pixels(1600, seed=0)
+def pixels(make_images) -> np.ndarray:
+    """Blobs and, in one eighth, uniform noise: real model outputs of varied inputs."""
+    return make_images(1600, seed=0, noise_share=0.125)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +218,7 @@ def _brightness(outputs: ModelOutputs, pixels: np.ndarray | None) -> np.ndarray:
 
 
 def test_a_new_statistic_needs_only_its_registry_entry(
-    monkeypatch, model, manifest, pixels, calibration
+    monkeypatch, make_images, model, manifest, pixels, calibration
 ) -> None:
     """Register a statistic (and add it to the attack combination) in the registry alone:
     calibration fits it, the predictor serves its p-value, and the combination uses it.
@@ -253,7 +243,7 @@ def test_a_new_statistic_needs_only_its_registry_entry(
     assert name in refitted.combination_components and name in refitted.attack_components
     predictor = Predictor(model, manifest, refitted)
 
-    fresh = _pixels(200, seed=1)
+    fresh = make_images(200, seed=1, noise_share=0.125)
     table = predictor.score(fresh)
     brightness = _brightness(None, fresh)
     np.testing.assert_array_equal(table.statistics[name], brightness)
@@ -275,7 +265,7 @@ def test_a_new_statistic_needs_only_its_registry_entry(
 # ------------------------------------------------------------------------------ classifier
 
 
-def test_a_classifier_scores_with_neutral_columns() -> None:
+def test_a_classifier_scores_with_neutral_columns(make_images) -> None:
     config = ModelConfig(
         name="tiny_classifier",
         kind="classifier",
@@ -287,7 +277,7 @@ def test_a_classifier_scores_with_neutral_columns() -> None:
     network = build_model(config).eval()
     manifest = ModelManifest(name=config.name, config=config, class_names=("a", "b", "c"))
     predictor = Predictor(network, manifest, None)
-    pixels = _pixels(6, seed=2)
+    pixels = make_images(6, seed=2, noise_share=0.125)
     table = predictor.score(pixels)
     with torch.inference_mode():
         expected = torch.softmax(network(pixels_to_unit(torch.from_numpy(pixels))), dim=1)

@@ -242,3 +242,49 @@ def test_missing_archive_fails_before_java_and_stop_says_nothing_runs(tmp_path, 
     assert TorchServe(settings).frontend_pid() is None  # java never started
     assert stop_server(settings) == 0
     assert "nothing to stop" in capsys.readouterr().out
+
+
+def test_classify_by_name_from_the_cli(two_models, digits_model, tmp_path, capsys) -> None:
+    from trustgc_cli.main import main
+
+    settings, _, _ = two_models
+    image = _files(digits_model, tmp_path)["digits"][0]
+    argv = ["classify", "--model", "digits", "--url", settings.url("inference")]
+    argv += ["--key-file", str(settings.run_dir / "key_file.json")]
+    assert main([*argv, str(image), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["model"]["name"] == "digits"
+    assert answer["prediction"]["label"] in {str(d) for d in DIGITS}
+    # a directory, a bad image in it and a missing file: one line each, then exit status 1
+    folder = image.parent
+    (folder / "zz_broken.png").write_bytes(b"not a png")
+    assert main([*argv, str(folder), str(tmp_path / "missing.png")]) == 1
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()[1:]
+    assert len(table) == SCORED + 1  # every digit, then the broken file's error line
+    assert "zz_broken.png" in table[-1] and "undecodable_image" in table[-1]
+    assert "missing.png" in captured.err and "No such file" in captured.err
+
+
+def test_serve_flags_build_the_settings(digits_model, tmp_path) -> None:
+    from serving.commands import server_settings
+    from serving.server import parse_model_spec
+    from trustgc_cli.main import build_parser
+
+    run_dir = tmp_path / "run"
+    args = build_parser().parse_args(
+        ["start", "--model", f"{digits_model}=mnist4", "--model", str(MODEL_DIR)]
+        + ["--run-dir", str(run_dir)]
+    )
+    settings = server_settings(args)
+    assert settings.models == "mnist4=mnist4.mar,fashion_mnist=fashion_mnist.mar"
+    assert settings.model_store == run_dir / "model_store"
+    archive = run_dir / "model_store" / "mnist4.mar"
+    built = archive.stat().st_mtime
+    server_settings(args)  # archived as needed: current archives are kept
+    assert archive.stat().st_mtime == built
+    assert parse_model_spec(str(digits_model)).name == "digits"
+    with pytest.raises(ValueError, match="model name"):
+        parse_model_spec(f"{digits_model}=no spaces")
+    with pytest.raises(ValueError, match="not a model artifact directory"):
+        parse_model_spec(str(tmp_path / "missing"))

@@ -130,7 +130,7 @@ class TrustGCModel(_model_base()):
     def load(self) -> bool:
         import torch
 
-        from serving.kserve_metrics import OipMetrics
+        from serving.kserve_metrics import served_metrics
         from serving.oip_batcher import MicroBatcher
         from trustgc.backend import choose_backend
         from trustgc.trust.predictor import Predictor
@@ -143,7 +143,7 @@ class TrustGCModel(_model_base()):
         )
         self.backend = "noop" if settings.noop else choice.backend
         self.version = self.predictor.manifest.version
-        self.metrics = OipMetrics(self.name, self.predictor.class_names, self.backend)
+        self.metrics = served_metrics(self.predictor, self.name, settings.model_dir, self.backend)
         self.batcher = MicroBatcher(
             self._run,
             settings.batch_size,
@@ -191,7 +191,7 @@ class TrustGCModel(_model_base()):
                 errors.append(error)
                 answers[index] = self._error(error)
         if not good:
-            self.metrics.latency(time.perf_counter() - started)
+            self.metrics.latency(time.perf_counter() - started, len(elements))
             raise self.rejected(errors[0])
         pixels = np.stack([p for _, p in good])
         try:
@@ -205,7 +205,7 @@ class TrustGCModel(_model_base()):
         if results is not None:
             for (index, _), result in zip(good, results, strict=True):
                 answers[index] = self._answer(result, options.top_k)
-        self.metrics.latency(time.perf_counter() - started)
+        self.metrics.latency(time.perf_counter() - started, len(elements))
         tensors = outputs(answers, len(self.predictor.class_names))
         return InferResponse(
             response_id=payload.id or str(uuid.uuid4()),

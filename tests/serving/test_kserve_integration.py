@@ -32,6 +32,7 @@ from serving.schema import ClassificationResponse, ErrorResponse
 pytestmark = pytest.mark.integration
 
 N_COMPARE = 200
+MODEL_DIR = Path(__file__).resolve().parents[2] / "model_store" / "fashion_mnist"
 
 
 def png(image: np.ndarray) -> bytes:
@@ -136,6 +137,25 @@ def test_backend_info_says_onnxruntime(runtime, images) -> None:
     while not (found := samples(runtime, "gc_backend_info")) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert {s.labels["backend"] for s in found if s.value == 1} == {"onnxruntime"}
+
+
+def test_both_runtimes_export_the_served_alpha_and_calibration(torchserve, kserve, images):
+    """The alert rules read gc_alpha and gc_calibration_info: the same values on both."""
+    from trustgc.trust.calibration import load_calibration
+
+    exported = {}
+    for served in (torchserve, kserve):
+        served.client().classify(images[0])
+        deadline = time.monotonic() + 10
+        while not samples(served, "gc_alpha") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alphas = {s.labels["test"]: s.value for s in samples(served, "gc_alpha")}
+        calibration = {s.labels["calibration"] for s in samples(served, "gc_calibration_info")}
+        exported[served.model, type(served).__name__] = (alphas, calibration)
+    (ts_alphas, ts_id), (oip_alphas, oip_id) = exported.values()
+    shipped = load_calibration(MODEL_DIR)
+    assert ts_alphas == oip_alphas == {"ood": shipped.ood_alpha, "attack": shipped.attack_alpha}
+    assert ts_id == oip_id and len(ts_id) == 1
 
 
 # --------------------------------------------------------------------------- KServe / OIP

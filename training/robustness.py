@@ -208,6 +208,13 @@ def _write(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+_LABELS = {
+    ("gc", "full"): "GC: adaptive suite with the PNG surrogate",
+    ("gc", "no_surrogate"): "GC: same attacker without the surrogate",
+    ("baseline", "undefended"): "CNN baseline (no detector)",
+}
+
+
 def plot(files: list[Path], out: Path) -> None:
     """One curve per result file: accepted wrong-label answers vs the L2 budget."""
     import matplotlib
@@ -219,7 +226,8 @@ def plot(files: list[Path], out: Path) -> None:
     for file in files:
         data = json.loads(file.read_text())
         summary = data["summary"]
-        label = f"{data['model_kind']} / {data['suite']} (n={data['n']})"
+        name = _LABELS.get((data["model_kind"], data["suite"]), data["suite"])
+        label = f"{name} (n={data['n']})"
         axis.plot(summary["epsilons"], [100 * v for v in summary["curve"]], marker="o", label=label)
     axis.set_xlabel("L2 budget eps ([0, 1] pixels, 8-bit adversarial)")
     axis.set_ylabel("accepted with a wrong label (%)")

@@ -164,7 +164,7 @@ def test_tiny_torchscript_exporter(tmp_path) -> None:
 
 
 def test_cli_export_onnx(tiny, tmp_path, capsys) -> None:
-    from trustgc.cli import main
+    from trustgc_cli.main import main
 
     directory = _copy_artifact(tiny[0], tmp_path / "artifact")
     for name in (ONNX_FILE, ONNX_INFO_FILE):
@@ -181,7 +181,7 @@ def test_cli_export_onnx(tiny, tmp_path, capsys) -> None:
 
 
 def test_cli_export_onnx_reports_a_missing_artifact(tmp_path, capsys) -> None:
-    from trustgc.cli import main
+    from trustgc_cli.main import main
 
     assert main(["export-onnx", "--model", str(tmp_path)]) == 2
     assert "model.json is missing" in capsys.readouterr().err

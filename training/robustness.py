@@ -135,7 +135,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
 
     from training.adaptive_attacks import run_mode
     from training.data import load_fashion_mnist
+    from trustgc.artifact import file_sha256
     from trustgc.trust import Predictor
+    from trustgc.trust.calibration import CALIBRATION_FILE
 
     torch.set_num_threads(args.threads)
     test = load_fashion_mnist("test")
@@ -155,6 +157,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
     result = {
         "command": command,
         "model": str(args.gc if args.model == "gc" else args.baseline),
+        # which calibration (and so which served statistics) the numbers refer to
+        "calibration_sha256": file_sha256(Path(args.gc) / CALIBRATION_FILE),
+        "served_statistics": sorted(gc.calibration.components),
         "model_kind": args.model,
         "suite": args.suite,
         "modes": [m.model_dump() for m in modes],

@@ -138,3 +138,22 @@ def test_reported_successes_are_served_successes(predictor, test_images):
     )
     np.testing.assert_allclose(result.l2[fooled], distance[fooled] / 256.0)
     assert np.array_equal(result.adversarial[~fooled], pixels[~fooled])
+
+
+@needs_model
+@pytest.mark.slow
+def test_robustness_run_writes_a_consistent_result(tmp_path):
+    """End to end on two images and one mode: the JSON's curve and median come from its own
+    per-image L2s, and it names the calibration the numbers refer to."""
+    import json
+
+    from training.robustness import main
+
+    out = tmp_path / "r.json"
+    assert main(["--n", "2", "--modes", "pgd_runner_up", "--chunk", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["finished"] and data["n"] == 2 and list(data["l2"]) == ["pgd_runner_up"]
+    l2 = np.array([float(v) for v in data["l2"]["pgd_runner_up"]])
+    assert data["summary"]["curve"] == robustness_curve(l2)
+    assert len(data["calibration_sha256"]) == 64
+    assert "complexity_excess" in data["served_statistics"]

@@ -12,8 +12,9 @@ Modes run one after the other over all images, in chunks, and the JSON is rewrit
 every chunk, so an interrupted run still leaves every finished mode's numbers.  A mode is not
 run on an image whose best L2 so far is already <= the smallest eps (it cannot move the curve).
 
-``--plot FILES --out PNG`` draws the curves of result files into one PNG and prints them as a
-markdown table.
+``--merge FILES --out JSON`` combines runs of different modes on the same images (modes run in
+parallel processes).  ``--plot FILES --out PNG`` draws the curves of result files into one PNG
+and prints them as a markdown table.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _summary(per_mode: dict[str, list[float]]) -> dict:
         "median_min_l2": float(np.median(min_l2)),  # inf if fewer than half were fooled
         "median_min_l2_successful": float(np.median(finite)) if finite.size else None,
         "per_mode_at_1_5": {
-            name: float(np.mean(np.array(v) <= 1.5)) for name, v in per_mode.items()
+            name: float(np.mean(np.asarray(v, dtype=np.float64) <= 1.5))
+            for name, v in per_mode.items()
         },
     }
 
@@ -266,6 +268,31 @@ def markdown_table(files: list[Path]) -> str:
     return "\n".join([head + " | median min L2 |", rule, *rows])
 
 
+def merge(files: list[Path]) -> dict:
+    """One result from runs of different modes on the same model and images (modes run in
+    parallel processes): per-image L2s of every mode, the summary over all of them."""
+    runs = [json.loads(file.read_text()) for file in files]
+    first = runs[0]
+    for other in runs[1:]:
+        same = ("model", "model_kind", "test_indices", "seed")
+        if any(other[key] != first[key] for key in same):
+            raise ValueError(f"cannot merge runs that differ in {same}")
+        if set(other["l2"]) & set(first["l2"]):
+            raise ValueError("runs to merge must not share a mode")
+    merged = dict(first)
+    merged["command"] = [run["command"] for run in runs]
+    for key in ("modes", "l2", "final_decisions", "seconds"):
+        merged[key] = (
+            [m for run in runs for m in run[key]]
+            if key == "modes"
+            else {name: v for run in runs for name, v in run[key].items()}
+        )
+    merged["finished"] = all(run["finished"] for run in runs)
+    merged["merged_from"] = [str(file) for file in files]
+    merged["summary"] = _summary(merged["l2"])
+    return merged
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m training.robustness`` and ``trustgc robustness``."""
     parser.add_argument("--gc", type=Path, default=Path("model_store/fashion_mnist"))
@@ -281,6 +308,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plot", type=Path, nargs="+", help="draw these result files into --out (no attack)"
     )
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", help="merge runs of other modes into --out (no attack)"
+    )
 
 
 def execute(args: argparse.Namespace, command: str) -> int:
@@ -288,6 +318,9 @@ def execute(args: argparse.Namespace, command: str) -> int:
     if args.plot:
         plot(args.plot, args.out)
         print(markdown_table(args.plot))
+        return 0
+    if args.merge:
+        _write(args.out, merge(args.merge))
         return 0
     run(args, command)
     return 0

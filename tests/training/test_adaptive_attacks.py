@@ -157,3 +157,37 @@ def test_robustness_run_writes_a_consistent_result(tmp_path):
     assert data["summary"]["curve"] == robustness_curve(l2)
     assert len(data["calibration_sha256"]) == 64
     assert "complexity_excess" in data["served_statistics"]
+
+
+def test_merge_takes_the_minimum_over_the_modes_of_both_runs(tmp_path):
+    import json
+
+    from training.robustness import merge
+
+    base = {"model": "m", "model_kind": "gc", "test_indices": [3, 7, 9], "seed": 0}
+    first = base | {
+        "command": "a",
+        "modes": [{"name": "a"}],
+        "finished": True,
+        "seconds": {"a": 1},
+        "l2": {"a": [0.2, "inf", 2.0]},
+        "final_decisions": {"a": {}},
+    }
+    second = base | {
+        "command": "b",
+        "modes": [{"name": "b"}],
+        "finished": False,
+        "seconds": {"b": 1},
+        "l2": {"b": ["inf", 1.0, 0.5]},
+        "final_decisions": {"b": {}},
+    }
+    files = []
+    for index, run in enumerate((first, second)):
+        files.append(tmp_path / f"{index}.json")
+        files[-1].write_text(json.dumps(run))
+    merged = merge(files)
+    assert list(merged["l2"]) == ["a", "b"] and not merged["finished"]
+    assert merged["summary"]["curve"] == robustness_curve(np.array([0.2, 1.0, 0.5]))
+    files[1].write_text(json.dumps(second | {"test_indices": [1, 2, 3]}))
+    with pytest.raises(ValueError, match="differ"):
+        merge(files)

@@ -324,7 +324,8 @@ def gating_rows(
     pixels, source = test_pixels(batch)
     tensor = torch.from_numpy(pixels)
     stats = predictor.score(pixels).statistics  # the served components
-    outputs = model_outputs(model, tensor, 256, "cpu")
+    background = predictor.background  # the ratio statistic's flow, when the artifact has one
+    outputs = model_outputs(model, tensor, 256, "cpu", background=background)
     non_png = tuple(n for n in stats if surrogate_of(n) != PNG_LENGTH_SURROGATE)
     rows = []
     for count in threads:
@@ -340,7 +341,9 @@ def gating_rows(
             "predict_fast_png": lambda: _with_png(
                 png_encoder_bits, lambda: predictor.predict(pixels)
             ),
-            "model_outputs": lambda tensor=tensor: model_outputs(model, tensor, 256, "cpu"),
+            "model_outputs": lambda tensor=tensor: model_outputs(
+                model, tensor, 256, "cpu", background=background
+            ),
             "png": lambda: png_code_length_bits(pixels),
             "png_fast": lambda: png_encoder_bits(pixels),
             "other_statistics": lambda: compute_statistics(outputs, pixels, non_png),

@@ -85,7 +85,7 @@ def test_images(data_set_dir) -> np.ndarray:
 @pytest.fixture(scope="module")
 def in_distribution(predictor, test_images):
     """Statistics and p-values of all 10,000 test images, computed once."""
-    statistics = dataset_statistics(predictor.model, test_images)
+    statistics = dataset_statistics(predictor.model, test_images, background=predictor.background)
     return statistics, predictor.p_values(statistics)
 
 

@@ -163,3 +163,11 @@ def test_shipped_calibration_matches_the_shipped_weights() -> None:
     calibration = load_calibration(shipped)  # raises if stale
     assert calibration.weights_sha256 == weights_sha256(shipped)
     assert np.isclose(calibration.ood_alpha, 0.01)
+
+
+def test_archive_refuses_an_onnx_export_of_other_weights(artifact, tmp_path) -> None:
+    (artifact / "model.onnx").write_bytes(b"stand-in: never opened, the hash check comes first")
+    (artifact / "onnx.json").write_text(json.dumps({"weights_sha256": "0" * 64}))
+    with pytest.raises(ArtifactError, match=f"`trustgc export-onnx --model {artifact}`"):
+        build_archive(artifact, tmp_path / "store")
+    assert not (tmp_path / "store" / "tiny.mar").exists()

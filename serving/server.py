@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -226,6 +227,22 @@ class TorchServe:
             raise AlreadyRunning(
                 f"TorchServe is already running from {self.settings.run_dir} (java pid {pid}); "
                 "stop it first with `trustgc stop` (its keys are unchanged)"
+            )
+
+    def check_ports(self) -> None:
+        """Refuse ports another process listens on (a server from another run directory):
+        TorchServe would fail to bind, and the other server would answer our readiness polls."""
+        busy = []
+        for api, port in self.settings.ports.items():
+            with socket.socket() as probe:
+                probe.settimeout(0.5)
+                if probe.connect_ex((self.settings.host, port)) == 0:
+                    busy.append(f"{api} {port}")
+        if busy:
+            raise AlreadyRunning(
+                f"ports in use on {self.settings.host}: {', '.join(busy)}; another server runs "
+                "there (stop it, e.g. `trustgc stop --run-dir DIR` with the directory it was "
+                "started from)"
             )
 
     def check_archives(self) -> None:
@@ -445,6 +462,7 @@ def run_foreground(settings: ServerSettings) -> int:
     """Serve until Ctrl-C or SIGTERM, then stop TorchServe and its java process."""
     server = TorchServe(settings)
     server.check_not_running()
+    server.check_ports()
     server.check_archives()
     stopping = False
 
@@ -476,6 +494,7 @@ def start_background(settings: ServerSettings) -> int:
     """Start detached and wait until every model is READY; on any failure stop java again."""
     server = TorchServe(settings)
     server.check_not_running()
+    server.check_ports()
     server.check_archives()
     try:
         server.start(foreground=False)

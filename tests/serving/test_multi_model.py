@@ -288,3 +288,18 @@ def test_serve_flags_build_the_settings(digits_model, tmp_path) -> None:
         parse_model_spec(f"{digits_model}=no spaces")
     with pytest.raises(ValueError, match="not a model artifact directory"):
         parse_model_spec(str(tmp_path / "missing"))
+
+
+def test_ports_taken_by_another_server_are_refused_before_java(tmp_path) -> None:
+    from serving.server import AlreadyRunning, ServerSettings, TorchServe, start_background
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        ports = {**free_ports(), "inference": other.getsockname()[1]}
+        settings = ServerSettings(run_dir=tmp_path / "run", ports=ports)
+        with pytest.raises(
+            AlreadyRunning, match=f"ports in use on 127.0.0.1: inference {ports['inference']}"
+        ):
+            start_background(settings)
+    assert TorchServe(settings).frontend_pid() is None  # java never started

@@ -84,9 +84,15 @@ def build_archive(
         if background_dir(model_dir) is not None:  # the ratio statistic's flow, as a folder
             # the archiver copies a folder's contents: wrap it so that background/ stays one
             wrapper = Path(staging) / "with_background"
-            for f in ARTIFACT_FILES[:2]:  # model.json, weights.safetensors
-                (wrapper / BACKGROUND_DIR).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(model_dir / BACKGROUND_DIR / f, wrapper / BACKGROUND_DIR / f)
+            (wrapper / BACKGROUND_DIR).mkdir(parents=True)
+            source = model_dir / BACKGROUND_DIR
+            if (source / "model.onnx").is_file():
+                from trustgc.onnx_backend import checked_onnx_path
+
+                checked_onnx_path(source)  # refuses an export of other background weights
+            for f in (*ARTIFACT_FILES[:2], *OPTIONAL_ARTIFACT_FILES):  # no calibration of its own
+                if (source / f).is_file():
+                    shutil.copy2(source / f, wrapper / BACKGROUND_DIR / f)
             staged.append(wrapper)
         if version != manifest.version:  # the served answer names the archive's version
             packed = manifest.model_copy(update={"version": version})

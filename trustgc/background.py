@@ -22,7 +22,13 @@ from torch import nn
 
 from trustgc.artifact import MANIFEST_FILE, ModelManifest, load_model, weights_sha256
 
-__all__ = ["BACKGROUND_DIR", "background_dir", "check_background_weights", "load_background"]
+__all__ = [
+    "BACKGROUND_DIR",
+    "background_dir",
+    "check_background_weights",
+    "load_background",
+    "onnx_background",
+]
 
 BACKGROUND_DIR = "background"
 
@@ -73,3 +79,18 @@ def check_background_weights(directory: Path | str, recorded: str | None) -> Non
             f"{directory}: the calibration was fitted with background weights {recorded}, the "
             f"artifact has {current}: run `trustgc calibrate --model {directory}` again"
         )
+
+
+def onnx_background(directory: Path | str, background: nn.Module, threads: int = 1):
+    """The background flow run by ONNX Runtime when its folder holds a checked ``model.onnx``
+    (``trustgc export-onnx --model <artifact>/background``), else None (it then runs in torch).
+
+    With the served backend ``onnxruntime`` this keeps the second forward pass as cheap as the
+    first: torch eager spends most of the small flow's time on per-op overhead.
+    """
+    path = background_dir(directory)
+    if path is None or not (path / "model.onnx").is_file():
+        return None
+    from trustgc.onnx_backend import OnnxFlow
+
+    return OnnxFlow.from_artifact(path, head=background.head, threads=threads)

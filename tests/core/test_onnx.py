@@ -348,7 +348,10 @@ def shipped_statistics(test_pixels, shipped_results):
     out = {}
     for backend in ("torch", "onnxruntime"):
         predictor = Predictor.from_artifact(SHIPPED, backend=backend)
-        outputs = model_outputs(predictor.model, torch.from_numpy(test_pixels), 256, "cpu")
+        pixels = torch.from_numpy(test_pixels)
+        outputs = model_outputs(
+            predictor.model, pixels, 256, "cpu", background=predictor.background
+        )
         statistics = compute_statistics(outputs, test_pixels, names)
         out[backend] = (statistics, torch_predictor.p_values(statistics))
     return torch_predictor.calibration, out

@@ -67,6 +67,8 @@ def model_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("model")
     for name in REQUIRED:
         shutil.copy2(MODEL_DIR / name, directory / name)
+    if (MODEL_DIR / "background").is_dir():  # the ratio statistic's flow (trustgc/background.py)
+        shutil.copytree(MODEL_DIR / "background", directory / "background")
     return directory
 
 
@@ -191,7 +193,9 @@ def test_p_values_are_read_off_statistics_that_agree(both, images) -> None:
     pixels = images[:, None]
     statistics = {}
     for answers, predictor in ((torch_answers, torch_predictor), (onnx_answers, onnx_predictor)):
-        outputs = model_outputs(predictor.model, torch.from_numpy(pixels), BATCH, "cpu")
+        outputs = model_outputs(
+            predictor.model, torch.from_numpy(pixels), BATCH, "cpu", background=predictor.background
+        )
         own = compute_statistics(outputs, pixels, names)
         p = torch_predictor.p_values(own)
         for i, answer in enumerate(answers):
@@ -256,5 +260,9 @@ def test_archive_packs_the_onnx_files_when_present(model_dir, tmp_path, monkeypa
         value = command[command.index("--extra-files") + 1]
         return sorted(Path(path).name for path in value.split(","))
 
-    assert extra_files(commands[0]) == sorted(archive.ARTIFACT_FILES + ("model.onnx", "onnx.json"))
-    assert extra_files(commands[1]) == sorted(archive.ARTIFACT_FILES)
+    # the background flow travels as one wrapped folder (serving/archive.py)
+    wrapped = ("with_background",) if (model_dir / "background").is_dir() else ()
+    assert extra_files(commands[0]) == sorted(
+        archive.ARTIFACT_FILES + ("model.onnx", "onnx.json") + wrapped
+    )
+    assert extra_files(commands[1]) == sorted(archive.ARTIFACT_FILES + wrapped)

@@ -83,6 +83,8 @@ def model_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("model")
     for name in ARTIFACT_FILES:
         shutil.copy2(MODEL_DIR / name, directory / name)
+    if (MODEL_DIR / "background").is_dir():  # the ratio statistic's flow (trustgc/background.py)
+        shutil.copytree(MODEL_DIR / "background", directory / "background")
     return directory
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from trustgc.artifact import ModelManifest, load_model
-from trustgc.background import check_background_weights, load_background
+from trustgc.background import check_background_weights, load_background, onnx_background
 from trustgc.inference import ModelOutputs, model_outputs
 from trustgc.scoring import bits_per_dim
 from trustgc.trust.calibration import Calibration, check_against_registry, load_calibration
@@ -165,6 +165,8 @@ class Predictor:
         from trustgc.onnx_backend import checked_onnx_path
 
         onnx_path = checked_onnx_path(directory) if backend == "onnxruntime" else None
+        if backend == "onnxruntime" and background is not None:
+            background = onnx_background(directory, background, onnx_threads) or background
         return cls(
             model, manifest, calibration, device, backend, onnx_path, onnx_threads, background
         )

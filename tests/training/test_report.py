@@ -156,7 +156,8 @@ def test_quick_report_numbers(quick_report) -> None:
     assert "auc_mean" not in summary["dc"]
     assert 0.0 <= summary["beta_1"]["auc_mean"] <= 100.0
     ood = results["ood"]
-    assert "error" in ood["beta_1"]["mnist"]  # 28x28 digits do not fit the 8x8 models
+    # 28x28 digits reach the 8x8 models as the server would pass them: decoded and resized
+    assert ood["beta_1"]["mnist"]["n"] > 0 and "production" in ood["beta_1"]["mnist"]
     for row in (ood["beta_1"]["uniform_noise"], ood["beta_inf"]["constant"]):
         assert set(row) == {
             "production",

@@ -52,26 +52,25 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def model() -> IBINN:
+def _tiny(seed: int, num_classes: int) -> IBINN:
     """The tiny IB-INN with parameters moved away from their initialisation."""
-    torch.manual_seed(0)
-    net = IBINN(load_model_config("tiny", num_classes=4)).eval()
+    torch.manual_seed(seed)
+    net = IBINN(load_model_config("tiny", num_classes=num_classes)).eval()
     with torch.no_grad():
         for parameter in net.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     return net
+
+
+@pytest.fixture(scope="module")
+def model() -> IBINN:
+    return _tiny(seed=0, num_classes=4)
 
 
 @pytest.fixture(scope="module")
 def background() -> IBINN:
     """A second tiny flow standing in for the artifact's background model."""
-    torch.manual_seed(1)
-    net = IBINN(load_model_config("tiny", num_classes=2)).eval()
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return net
+    return _tiny(seed=1, num_classes=2)
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,8 @@ SUITE_NAMES = ("full", "no_surrogate", "undefended")
 
 
 def suite(name: str) -> tuple[AttackMode, ...]:
-    """The modes of a suite: ``full`` (the adaptive suite), ``no_surrogate`` (the same attacker's
-    first two modes without the PNG surrogate: a gradient-only attacker) or ``undefended`` (the
+    """The modes of a suite: ``full`` (the adaptive suite), ``no_surrogate`` (the same attacker
+    without the PNG surrogate: a gradient-only attacker) or ``undefended`` (the
     full suite against a classifier without detector: no penalty, any wrong label counts).
 
     Strongest modes first; budgets from a 10-image pilot: PGD with a growing radius was the
@@ -71,7 +71,7 @@ def suite(name: str) -> tuple[AttackMode, ...]:
     if name == "full":
         return full
     if name == "no_surrogate":
-        return tuple(m.model_copy(update={"surrogate": False}) for m in full[:2])
+        return tuple(m.model_copy(update={"surrogate": False}) for m in full)
     if name == "undefended":
         return tuple(m.model_copy(update={"d": 0.0, "kappa": 0.0}) for m in full)
     raise ValueError(f"unknown suite {name!r}; known: {SUITE_NAMES}")
@@ -222,6 +222,11 @@ _LABELS = {
 }
 
 
+def _label(data: dict) -> str:
+    """A result's name in plots and tables: its own ``label`` if it has one."""
+    return data.get("label") or _LABELS.get((data["model_kind"], data["suite"]), data["suite"])
+
+
 def plot(files: list[Path], out: Path) -> None:
     """One curve per result file: accepted wrong-label answers vs the L2 budget."""
     import matplotlib
@@ -233,7 +238,7 @@ def plot(files: list[Path], out: Path) -> None:
     for file in files:
         data = json.loads(file.read_text())
         summary = data["summary"]
-        name = _LABELS.get((data["model_kind"], data["suite"]), data["suite"])
+        name = _label(data)
         label = f"{name} (n={data['n']})"
         axis.plot(summary["epsilons"], [100 * v for v in summary["curve"]], marker="o", label=label)
     axis.set_xlabel("L2 budget eps ([0, 1] pixels, 8-bit adversarial)")
@@ -259,7 +264,7 @@ def markdown_table(files: list[Path]) -> str:
         median_text = f"{float(median):.2f}" if np.isfinite(float(median)) else "> 3 (never)"
         modes = ", ".join(data["l2"]) + ("" if data["finished"] else " (run unfinished)")
         rows.append(
-            f"| {data['model_kind']} / {data['suite']} | {data['n']} | {modes} | "
+            f"| {_label(data)} | {data['n']} | {modes} | "
             + " | ".join(f"{100 * v:.1f}" for v in summary["curve"])
             + f" | {median_text} |"
         )

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 #: Skip reasons a CI run accepts: hardware or a container engine, nothing an install provides.
@@ -107,5 +108,24 @@ def data_set_dir() -> Callable[..., Path]:
             return require(name, splits)
         except DataMissingError as error:
             pytest.skip(str(error))
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_test_images() -> Callable[[int], np.ndarray]:
+    """``fashion_mnist_test_images(count)``: the first ``count`` Fashion-MNIST test images,
+    uint8 (N, C, H, W), read by the training subproject's reader, so that the core's tests get
+    real images without importing it (tests/test_architecture.py); skips when the set is
+    missing (a failure in CI)."""
+
+    def get(count: int) -> np.ndarray:
+        from training.data import load_dataset
+
+        try:
+            data = load_dataset("fashion_mnist", "test")
+        except (OSError, ValueError) as error:
+            pytest.skip(f"Fashion-MNIST test set unavailable: {error}")
+        return np.ascontiguousarray(data.images[:count].transpose(0, 3, 1, 2))
 
     return get

@@ -23,7 +23,6 @@ from trustgc.inference import model_outputs
 from trustgc.onnx_backend import (
     DEFAULT_OPSET,
     ONNX_FILE,
-    ONNX_INFO_FILE,
     OnnxFlow,
     checked_onnx_path,
     export_artifact,
@@ -163,30 +162,6 @@ def test_tiny_torchscript_exporter(tmp_path) -> None:
     assert _max_abs(flow(x)[0], z) < 1e-5
 
 
-def test_cli_export_onnx(tiny, tmp_path, capsys) -> None:
-    from trustgc_cli.main import main
-
-    directory = _copy_artifact(tiny[0], tmp_path / "artifact")
-    for name in (ONNX_FILE, ONNX_INFO_FILE):
-        (directory / name).unlink()
-    code = main(
-        ["export-onnx", "--model", str(directory), "--opset", "17", "--exporter", "torchscript"]
-    )
-    assert code == 0
-    assert "model.onnx" in capsys.readouterr().out
-    info = load_onnx_info(directory)
-    assert (info["exporter"], info["opset"]) == ("torchscript", 17)
-    assert not list(directory.glob(".*partial*"))
-    checked_onnx_path(directory)
-
-
-def test_cli_export_onnx_reports_a_missing_artifact(tmp_path, capsys) -> None:
-    from trustgc_cli.main import main
-
-    assert main(["export-onnx", "--model", str(tmp_path)]) == 2
-    assert "model.json is missing" in capsys.readouterr().err
-
-
 # ------------------------------------------------------------------- tiny: the guard rails
 
 
@@ -264,15 +239,10 @@ shipped = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def test_pixels() -> np.ndarray:
-    """The first 1,000 Fashion-MNIST test images, uint8 NCHW."""
-    try:
-        from training.data import load_dataset
-
-        data = load_dataset("fashion_mnist", "test")
-    except (OSError, ValueError) as error:
-        pytest.skip(f"Fashion-MNIST test set unavailable: {error}")
-    return np.ascontiguousarray(data.images[:PARITY_IMAGES].transpose(0, 3, 1, 2))
+def test_pixels(fashion_mnist_test_images) -> np.ndarray:
+    """The first 1,000 Fashion-MNIST test images, uint8 NCHW (from the suite's data fixture:
+    the core's tests do not import the training subproject's readers)."""
+    return fashion_mnist_test_images(PARITY_IMAGES)
 
 
 @shipped

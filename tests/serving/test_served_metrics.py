@@ -81,6 +81,8 @@ def test_handler_exports_the_alpha_and_identity_of_the_calibration_it_serves(
 
     for name in ARTIFACT:
         shutil.copy2(MODEL_DIR / name, tmp_path / name)
+    if (MODEL_DIR / "background").is_dir():  # the ratio statistic's flow (trustgc/background.py)
+        shutil.copytree(MODEL_DIR / "background", tmp_path / "background")
     # serve a calibration whose alphas differ from the shipped ones (and from each other)
     path = tmp_path / "calibration.json"
     calibration = json.loads(path.read_text())

@@ -164,3 +164,28 @@ def test_a_background_of_another_input_size_is_refused(tmp_path, model) -> None:
     with pytest.raises(ValueError, match="differs from the model"):
         load_background(tmp_path, model.config.input)
     assert load_background(tmp_path / "elsewhere", model.config.input) is None
+
+
+def test_onnxruntime_backend_runs_the_exported_background(tmp_path, model, background) -> None:
+    """With backend onnxruntime and background/model.onnx present, the background flow runs in
+    ONNX Runtime too; the ratio agrees with torch to float32 noise."""
+    from trustgc.artifact import weights_sha256
+    from trustgc.onnx_backend import OnnxFlow, export_artifact
+
+    save_model(tmp_path, model, _manifest(model, "tiny", tuple("abcd")))
+    save_model(tmp_path / BACKGROUND_DIR, background, _manifest(background, "bg", ("p", "n")))
+    calibration = _calibrate(model, background, _pixels(1600, seed=0))
+    digest = weights_sha256(tmp_path / BACKGROUND_DIR)
+    split = {**calibration.split, "background_weights_sha256": digest}
+    save_calibration(tmp_path, calibration.model_copy(update={"split": split}))
+    export_artifact(tmp_path, exporter="torchscript")
+    torch_predictor = Predictor.from_artifact(tmp_path, backend="onnxruntime")
+    assert not isinstance(torch_predictor.background, OnnxFlow)  # no export of it yet
+    export_artifact(tmp_path / BACKGROUND_DIR, exporter="torchscript")
+    onnx_predictor = Predictor.from_artifact(tmp_path, backend="onnxruntime")
+    assert isinstance(onnx_predictor.background, OnnxFlow)
+    fresh = _pixels(40, seed=8)
+    a = torch_predictor.score(fresh).statistics["background_ratio"]
+    b = onnx_predictor.score(fresh).statistics["background_ratio"]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert np.std(a) > 0

@@ -22,8 +22,8 @@ from training.data import load_dataset, split_calibration
 from training.loss import IBLoss
 from training.trainer import TrainingDiverged, TrainOptions, train
 from trustgc.artifact import load_model, read_json
-from trustgc_cli.main import main
 from trustgc.preprocess import pixels_to_tensor, pixels_to_unit
+from trustgc_cli.main import main
 
 # tiny: synthetic train split of 256 images minus 128 for calibration = 128; batch 32 -> 4 steps
 STEPS_PER_EPOCH = 4

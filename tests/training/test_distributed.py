@@ -154,10 +154,11 @@ def test_torchrun_cli_training_writes_one_artifact(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     training = json.loads((out / "model.json").read_text())["training"]
     assert training["world_size"] == 2
-    # 224 training images, 112 per rank, batch 32: 3 steps per rank (the remainder dropped).
-    assert training["steps"] == 3 and training["epochs_completed"] == 1
+    # 256 synthetic images less the tiny preset's 128 for calibration: 128 training images,
+    # 64 per rank, batch 32: 2 steps per rank.
+    assert training["steps"] == 2 and training["epochs_completed"] == 1
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 1, "only rank 0 writes the log"
-    assert log[0]["epoch"] == 1 and log[0]["step"] == 3
+    assert log[0]["epoch"] == 1 and log[0]["step"] == 2
     assert all(isinstance(v, float | int) for v in log[0].values())
     assert json.loads((out / "metrics.json").read_text()) == {"test": {}}

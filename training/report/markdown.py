@@ -255,9 +255,10 @@ def _md_ood(results: dict) -> list[str]:
         "### 3.2 Out-of-distribution sets",
         "",
         f"ROC-AUC (%) of {results['options']['n_ood']} images per OoD set (training/ood.py) "
-        f"against the {results['n_test']} clean test images.  production: the served Fisher "
-        "combination (calibrated p-value); paper: the two-sided typicality test; 1-sided: raw "
-        "-log q(x); max-post.: -max_y log q(y|x) (the only score of the baseline).",
+        f"against the {results['n_test']} clean test images.  production: the served OoD "
+        "p-value (combined_ood_background with a background flow, else combined_ood); paper: "
+        "the two-sided typicality test; 1-sided: raw -log q(x); max-post.: -max_y log q(y|x) "
+        "(the only score of the baseline).",
         "",
         "| model | score | " + " | ".join(sets) + " | mean |",
         "|---|---" * 1 + "|---" * (len(sets) + 1) + "|",

@@ -22,10 +22,11 @@ def _finite(values: np.ndarray) -> np.ndarray:
 def _score(model: _Model, images: np.ndarray, options: ReportOptions) -> dict[str, np.ndarray]:
     """One forward pass: log q(y|x) and, for a GC, the OoD scores (higher = more OoD).
 
-    The scores are those of ``training.ood``: production = -log p of the served (Fisher,
-    calibrated) OoD p-value, paper_two_sided = -log p of the two-sided typicality test,
-    one_sided_likelihood = -log q(x) / D, max_posterior = -max_y log q(y|x).  A GC is scored by
-    its Predictor (:meth:`~trustgc.trust.predictor.Predictor.score`), exactly as served.
+    The scores are those of ``training.ood``: production = -log p of the served, calibrated
+    OoD p-value (``combined_ood_background`` with a background flow, else ``combined_ood``),
+    paper_two_sided = -log p of the two-sided typicality test, one_sided_likelihood =
+    -log q(x) / D, max_posterior = -max_y log q(y|x).  A GC is scored by its Predictor
+    (:meth:`~trustgc.trust.predictor.Predictor.score`), exactly as served.
     """
     pixels = pixels_to_tensor(images)
     if model.predictor is None:

@@ -21,7 +21,7 @@ from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
 from serving.keys import read_keys
 from serving.schema import ClassificationResponse, ErrorResponse
 
-__all__ = ["ClassifierClient", "ClientError", "resolve_token"]
+__all__ = ["ClassifierClient", "ClientError", "parse_answer", "resolve_token"]
 
 RETRYABLE_HTTP = {502, 503, 504, 507}  # 507: TorchServe's "Worker died." (worker killed)
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -59,9 +59,21 @@ def resolve_token(token: str | None = None, key_file: Path | None = None) -> str
     return None
 
 
+def parse_answer(payload: bytes | str) -> ClassificationResponse | ErrorResponse:
+    """One image's served answer (JSON text) as the typed model: an error or a classification."""
+    text = payload.decode() if isinstance(payload, bytes) else payload
+    if '"error"' in text[:20]:
+        return ErrorResponse.model_validate_json(text)
+    return ClassificationResponse.model_validate_json(text)
+
+
 @dataclass
-class ClassifierClient:
-    """Talks to one TorchServe model over REST (``http_url``) or gRPC (``grpc_target``)."""
+class RetryingClient:
+    """What every runtime's client shares: the model, its addresses, the token and the retries.
+
+    A runtime's client overrides the address defaults (a redeclared dataclass field keeps its
+    position, so positional construction is the same for every client).
+    """
 
     model: str = "fashion_mnist"
     http_url: str = "http://127.0.0.1:8080"
@@ -74,12 +86,10 @@ class ClassifierClient:
     def _sleep(self, attempt: int) -> None:
         time.sleep(self.backoff * (2**attempt))
 
-    @staticmethod
-    def _parse(payload: bytes | str) -> ClassificationResponse | ErrorResponse:
-        text = payload.decode() if isinstance(payload, bytes) else payload
-        if '"error"' in text[:20]:
-            return ErrorResponse.model_validate_json(text)
-        return ClassificationResponse.model_validate_json(text)
+
+@dataclass
+class ClassifierClient(RetryingClient):
+    """Talks to one TorchServe model over REST (``http_url``) or gRPC (``grpc_target``)."""
 
     def classify(
         self, image: bytes, explain: bool = False, top_k: int = 10, use_grpc: bool = False
@@ -114,7 +124,7 @@ class ClassifierClient:
                 and answer.headers.get("content-type", "").startswith("application/json")
                 and answer.text.startswith('{"')
             ):
-                parsed = self._parse(answer.text)
+                parsed = parse_answer(answer.text)
                 if answer.ok or isinstance(parsed, ErrorResponse):
                     return parsed
             raise ClientError(answer.status_code, answer.text)
@@ -135,7 +145,7 @@ class ClassifierClient:
             for attempt in range(self.retries + 1):
                 try:
                     reply = stub.Predictions(request, metadata=metadata, timeout=self.timeout)
-                    return self._parse(reply.prediction)
+                    return parse_answer(reply.prediction)
                 except grpc.RpcError as error:
                     if _retryable_grpc(error) and attempt < self.retries:
                         self._sleep(attempt)

@@ -19,25 +19,18 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import time
 from dataclasses import dataclass
 
 import requests
 
-from serving.client import ClientError
+from serving.client import ClientError, RetryingClient
+from serving.client import parse_answer as _parse
 from serving.schema import ClassificationResponse, ErrorResponse
 
 __all__ = ["OipClient"]
 
 RETRYABLE_HTTP = {502, 503, 504}
 INPUT_NAME = "images"
-
-
-def _parse(text: str | bytes) -> ClassificationResponse | ErrorResponse:
-    text = text.decode() if isinstance(text, bytes) else text
-    if text.startswith('{"error"'):
-        return ErrorResponse.model_validate_json(text)
-    return ClassificationResponse.model_validate_json(text)
 
 
 def _deserialize_bytes(raw: bytes) -> list[bytes]:
@@ -51,19 +44,11 @@ def _deserialize_bytes(raw: bytes) -> list[bytes]:
 
 
 @dataclass
-class OipClient:
+class OipClient(RetryingClient):
     """Talks to one model over OIP REST (``http_url``) or gRPC (``grpc_target``)."""
 
-    model: str = "fashion_mnist"
     http_url: str = "http://127.0.0.1:8090"
     grpc_target: str = "127.0.0.1:8091"
-    token: str | None = None
-    timeout: float = 30.0
-    retries: int = 4
-    backoff: float = 0.25
-
-    def _sleep(self, attempt: int) -> None:
-        time.sleep(self.backoff * (2**attempt))
 
     def classify(
         self, image: bytes, explain: bool = False, top_k: int = 10, use_grpc: bool = False

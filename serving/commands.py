@@ -155,7 +155,14 @@ def add_classify(commands: Subparsers) -> None:
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
     parser.add_argument("--json", action="store_true", help="print the JSON answers")
-    parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--explain", action="store_true", help="ask for the explanation")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="with --explain: write per image a PNG (input, top-3 posterior heatmaps, p-values "
+        "against alpha) into DIR",
+    )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--model", default="fashion_mnist")
     parser.add_argument(
@@ -179,6 +186,7 @@ def _started_key_file(default: Path) -> Path:
 def run_classify(args: argparse.Namespace) -> int:
     from serving.client import ClassifierClient, ClientError, resolve_token
     from serving.files import collect_files
+    from serving.pictures import file_pixels, picture_paths, write_picture
     from serving.schema import ErrorResponse
 
     url, target, key_file = CLIENT_DEFAULTS[getattr(args, "runtime", "torchserve")]
@@ -191,16 +199,21 @@ def run_classify(args: argparse.Namespace) -> int:
         grpc_target=args.grpc_target or target,
         token=resolve_token(args.token, args.key_file or _started_key_file(key_file)),
     )
-    failures = 0
+    if args.out and not args.explain:
+        raise ValueError("--out DIR writes explanation pictures: add --explain")
+    files = collect_files(args.images)  # a directory: its images; go on past bad files
+    pictures = picture_paths(files, args.out) if args.out else None
+    failures = written = 0
     if not args.json:
         print(
             f"{'image':<28}{'decision':<16}{'prediction':<16}{'prob.':>7}{'OoD p':>9}"
             f"{'attack p':>10}{'bits/dim':>10}"
         )
-    for path in collect_files(args.images):  # a directory: its images; go on past bad files
+    for index, path in enumerate(files):
         try:
+            data = path.read_bytes()
             answer = client.classify(
-                path.read_bytes(), explain=args.explain, top_k=args.top_k, use_grpc=args.grpc
+                data, explain=args.explain, top_k=args.top_k, use_grpc=args.grpc
             )
         except (OSError, ClientError) as error:  # unreadable file; 413 and other HTTP answers
             message = error.strerror if isinstance(error, OSError) else str(error)
@@ -218,6 +231,13 @@ def run_classify(args: argparse.Namespace) -> int:
                 f"{answer.attack.p_value:>10.4f}{answer.log_likelihood.bits_per_dim:>10.3f}"
             )
         failures += isinstance(answer, ErrorResponse)
+        if pictures is not None and not isinstance(answer, ErrorResponse):
+            write_picture(file_pixels(data), answer, pictures[index])
+            written += 1
+    if pictures is not None:
+        print(
+            f"wrote {written} pictures to {args.out}", file=sys.stderr if args.json else sys.stdout
+        )
     return 1 if failures else 0
 
 
@@ -229,7 +249,12 @@ def add_score(commands: Subparsers) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="FILES|DIR")
     parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
     parser.add_argument(
-        "--out", type=Path, required=True, help="results file: .jsonl (whole answers) or .csv"
+        "--out",
+        type=Path,
+        required=True,
+        help="results file (.jsonl: whole answers, or .csv), or a directory (results.jsonl "
+        "inside); --explain puts the pictures in the directory, or beside a results file in the "
+        "folder named after it (results.jsonl -> results/)",
     )
     parser.add_argument("--name", help="model name in the answers (default: the artifact's)")
     parser.add_argument("--top-k", type=int, help="classes per answer (default: the server's)")
@@ -239,12 +264,18 @@ def add_score(commands: Subparsers) -> None:
         default=1,
         help="images per forward pass (1: bit-identical to a sequential client's answers)",
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="answers with explanations, and per image a PNG (input, top-3 posterior heatmaps, "
+        "p-values against alpha)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run_score)
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from serving.offline import score_files
+    from serving.offline import resolve_out, score_files
 
     counts = score_files(
         args.inputs,
@@ -254,6 +285,10 @@ def run_score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         top_k=args.top_k,
+        explain=args.explain,
     )
-    print(f"wrote {args.out}: {counts['rows']} rows, {counts['errors']} errors")
+    results, pictures = resolve_out(args.out)
+    print(f"wrote {results}: {counts['rows']} rows, {counts['errors']} errors")
+    if args.explain:
+        print(f"wrote {counts['pictures']} pictures to {pictures}")
     return 0

@@ -12,6 +12,10 @@ Images are scored one at a time by default, as a sequential client's requests ar
 arithmetic then runs on the same batch shapes as in the server and the answers are identical
 bit for bit.  ``batch_size`` > 1 is faster; its answers may then differ from the served ones in
 the last float32 digits (rarely one step of a p-value).
+
+With ``explain`` the rows carry the served explanation and, given a pictures directory, each
+image that was scored gets a PNG (:func:`serving.pictures.write_picture`) drawn from the pixels
+the model saw; a bad file gets its error row and no picture.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from serving.schema import error_response
 from trustgc.backend import choose_backend
 from trustgc.trust.predictor import Predictor
 
-__all__ = ["OUTPUT_FORMATS", "OfflineScorer", "collect_files", "score_files"]
+__all__ = ["OUTPUT_FORMATS", "OfflineScorer", "collect_files", "resolve_out", "score_files"]
 
 OUTPUT_FORMATS = (".jsonl", ".csv")
+#: The results file written inside an ``--out`` directory.
+RESULTS_NAME = "results.jsonl"
 #: Columns of a CSV row (a flattened answer); JSON lines carry the whole answer.
 CSV_COLUMNS = (
     "file",
@@ -113,8 +119,17 @@ class OfflineScorer:
         except InputError as error:
             return error_response(error.code.value, error.message).model_dump(mode="json")
 
-    def score(self, files: list[Path], batch_size: int = 1) -> Iterator[dict[str, Any]]:
+    def score(
+        self, files: list[Path], batch_size: int = 1, explain: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """One row per file, in order: ``file`` plus the answer's fields, or plus ``error``."""
+        for row, _ in self.score_with_pixels(files, batch_size, explain):
+            yield row
+
+    def score_with_pixels(
+        self, files: list[Path], batch_size: int = 1, explain: bool = False
+    ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
+        """Rows as :meth:`score`, each with the decoded pixels (None for an error row)."""
         manifest = self.predictor.manifest
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
@@ -124,14 +139,18 @@ class OfflineScorer:
             if good:
                 pixels = np.stack([decoded[i] for i in good])
                 with torch.inference_mode():
-                    results = self.predictor.predict(pixels)
+                    results = self.predictor.predict(pixels, explain=explain)
                 for i, result in zip(good, results, strict=True):
                     response = build_response(
                         result, self.name, manifest.version, manifest.class_names, self.top_k
                     )
                     answers[i] = json.loads(response.model_dump_json(exclude_none=True))
             for i, path in enumerate(chunk):
-                yield {"file": str(path), **answers.get(i, decoded[i])}
+                item = decoded[i]
+                if i in answers:
+                    yield {"file": str(path), **answers[i]}, item  # type: ignore[misc]
+                else:
+                    yield {"file": str(path), **item}, None  # type: ignore[dict-item]
 
 
 def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +170,23 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def resolve_out(out: Path) -> tuple[Path, Path]:
+    """``--out`` -> (results file, pictures directory).
+
+    A .jsonl or .csv name is the results file, its pictures go into the folder named after it
+    (``results.jsonl`` -> ``results/``); a directory (existing, or a name without a suffix)
+    gets ``results.jsonl`` and the pictures inside.
+    """
+    out = Path(out)
+    if out.is_dir() or not out.suffix:
+        return out / RESULTS_NAME, out
+    if out.suffix not in OUTPUT_FORMATS:
+        raise ValueError(
+            f"--out {out}: use a {' or '.join(OUTPUT_FORMATS)} file name or a directory"
+        )
+    return out, out.with_suffix("")
+
+
 def score_files(
     inputs: Iterable[Path],
     model_dir: Path,
@@ -159,31 +195,37 @@ def score_files(
     batch_size: int = 1,
     progress: bool = True,
     top_k: int | None = None,
+    explain: bool = False,
 ) -> dict[str, int]:
-    """Score every file under ``inputs`` into ``out`` (.jsonl or .csv); counts of rows."""
-    out = Path(out)
-    if out.suffix not in OUTPUT_FORMATS:
-        raise ValueError(f"--out {out}: use a {' or '.join(OUTPUT_FORMATS)} file name")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory: give a file name")
+    """Score every file under ``inputs`` into ``out`` (see :func:`resolve_out`); counts of rows
+    and errors, and with ``explain`` of pictures (one per scored image)."""
+    results, pictures_dir = resolve_out(out)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     files = collect_files(inputs)
     if not files:
         raise ValueError("no image files found in the given paths")
+    pictures = None
+    if explain:
+        from serving.pictures import display_pixels, picture_paths, write_picture
+
+        pictures = picture_paths(files, pictures_dir)
     scorer = OfflineScorer.from_artifact(Path(model_dir), name, top_k=top_k)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"rows": 0, "errors": 0}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    counts = {"rows": 0, "errors": 0} | ({"pictures": 0} if explain else {})
     bar = tqdm(total=len(files), unit="img", desc="scoring", disable=not progress)
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, CSV_COLUMNS) if out.suffix == ".csv" else None
+    with results.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_COLUMNS) if results.suffix == ".csv" else None
         if writer:
             writer.writeheader()
-        for row in scorer.score(files, batch_size):
+        for index, (row, pixels) in enumerate(scorer.score_with_pixels(files, batch_size, explain)):
             if writer:
                 writer.writerow(_csv_row(row))
             else:
                 handle.write(json.dumps(row) + "\n")
+            if pictures is not None and pixels is not None:
+                write_picture(display_pixels(pixels), row, pictures[index])
+                counts["pictures"] += 1
             counts["rows"] += 1
             counts["errors"] += "error" in row
             bar.update(1)

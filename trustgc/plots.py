@@ -7,11 +7,26 @@ no side effects and needs no display.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_class_similarity", "plot_decision_space", "plot_heatmaps"]
+__all__ = [
+    "EXPLANATION_PIXELS",
+    "PValueTest",
+    "plot_class_similarity",
+    "plot_decision_space",
+    "plot_explanation",
+    "plot_heatmaps",
+]
+
+#: Size in pixels (width, height) of every :func:`plot_explanation` picture: the figure is drawn
+#: at a fixed size (no tight bounding box), so pictures of any model line up.
+EXPLANATION_PIXELS = (1250, 300)
+_EXPLANATION_DPI = 100
+_EXPLANATION_MAPS = 3
+_P_FLOOR = 1e-4  # the p-value axis is logarithmic: smaller values are drawn at the floor
 
 
 def _pyplot():
@@ -23,10 +38,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight" if tight else None)
     fig.clf()
     _pyplot().close(fig)
     return path
@@ -44,6 +59,37 @@ def _upsample_nearest(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     return maps[:, rows][:, :, cols]
 
 
+def _display_image(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1) or (H, W, 3) in [0, 1] -> (H, W) or (H, W, 3) float64."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(
+            f"expected an image of shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}"
+        )
+    return image
+
+
+def _draw_input_and_maps(axes, image: np.ndarray, maps: np.ndarray, titles: Sequence[str]):
+    """Draw the input on ``axes[0]`` and ``maps`` (N, h, w), upsampled to the image size, on
+    the next N axes with one diverging colour scale centred at 0; returns the last map's image
+    (for a colour bar)."""
+    maps = _upsample_nearest(maps, image.shape[0], image.shape[1])
+    limit = float(np.abs(maps).max()) if maps.size else 1.0
+    limit = limit or 1.0
+    axes[0].imshow(np.clip(image, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
+    axes[0].set_title("input")
+    shown = None
+    for ax, title, values in zip(axes[1:], titles, maps, strict=False):
+        shown = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(title, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return shown
+
+
 def plot_heatmaps(
     image: np.ndarray,
     heatmaps: np.ndarray,
@@ -56,35 +102,95 @@ def plot_heatmaps(
     Classes are ranked by sum_kl Q(k, l, y) = log q(y|x); maps are upsampled (nearest) to the
     image size and drawn with a diverging colormap centred at 0, shared across panels.
     """
-    image = np.asarray(image, dtype=np.float64)
+    image = _display_image(image)
     heatmaps = np.asarray(heatmaps, dtype=np.float64)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-        raise ValueError(
-            f"expected an image of shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}"
-        )
     if heatmaps.ndim != 3:
         raise ValueError(f"expected heatmaps of shape (K, H', W'), got {heatmaps.shape}")
     _check_names(class_names, heatmaps.shape[0])
     top = max(1, min(int(top), heatmaps.shape[0]))
     log_posterior = heatmaps.sum(axis=(1, 2))
     order = np.argsort(-log_posterior)[:top]
-    maps = _upsample_nearest(heatmaps[order], image.shape[0], image.shape[1])
-    limit = float(np.abs(maps).max()) or 1.0
+    titles = [f"{class_names[cls]}\nq={np.exp(log_posterior[cls]):.3f}" for cls in order]
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, top + 1, figsize=(2.6 * (top + 1), 2.8))
-    axes[0].imshow(np.clip(image, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
-    axes[0].set_title("input")
-    for ax, cls, values in zip(axes[1:], order, maps, strict=True):
-        shown = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(f"{class_names[cls]}\nq={np.exp(log_posterior[cls]):.3f}", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    shown = _draw_input_and_maps(axes, image, heatmaps[order], titles)
     fig.colorbar(shown, ax=list(axes[1:]), shrink=0.8)
     return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class PValueTest:
+    """One test of an answer drawn against its level: ``flagged`` is the answer's own verdict
+    (p-value at or below alpha), passed in rather than recomputed here."""
+
+    name: str
+    p_value: float
+    alpha: float
+    flagged: bool
+
+
+def plot_explanation(
+    image: np.ndarray,
+    heatmaps: np.ndarray,
+    titles: Sequence[str],
+    tests: Sequence[PValueTest],
+    path: str | Path,
+    heading: str = "",
+) -> Path:
+    """One image's explanation as a PNG of :data:`EXPLANATION_PIXELS`: the input, the posterior
+    heatmaps of (at most 3) classes as given, most probable first, and the p-values of
+    ``tests`` against their alphas.
+
+    ``heatmaps`` (N, H', W') are Q(k, l, y) of :func:`trustgc.explain.posterior_heatmaps`,
+    drawn on one colour scale centred at 0 (red above, blue below); ``titles`` label them.
+    The p-value panel is logarithmic (values below 1e-4 at 1e-4): a bar per test, red when the
+    test flagged the image, with its alpha as a black tick.
+    """
+    image = _display_image(image)
+    heatmaps = np.asarray(heatmaps, dtype=np.float64)
+    if heatmaps.ndim != 3 or not 1 <= heatmaps.shape[0] <= _EXPLANATION_MAPS:
+        raise ValueError(
+            f"expected 1 to {_EXPLANATION_MAPS} heatmaps of shape (N, H', W'), got {heatmaps.shape}"
+        )
+    if len(titles) != heatmaps.shape[0]:
+        raise ValueError(f"expected {heatmaps.shape[0]} titles, got {len(titles)}")
+    if not tests:
+        raise ValueError("expected at least one p-value test")
+
+    plt = _pyplot()
+    width, height = EXPLANATION_PIXELS
+    fig = plt.figure(figsize=(width / _EXPLANATION_DPI, height / _EXPLANATION_DPI))
+    grid = fig.add_gridspec(1, _EXPLANATION_MAPS + 2, width_ratios=[1] * 4 + [1.6])
+    axes = [fig.add_subplot(grid[0, i]) for i in range(_EXPLANATION_MAPS + 1)]
+    _draw_input_and_maps(axes, image, heatmaps, titles)
+    for ax in axes[1 + heatmaps.shape[0] :]:
+        ax.axis("off")
+
+    panel = fig.add_subplot(grid[0, -1])
+    rows = np.arange(len(tests))
+    values = [max(_P_FLOOR, min(1.0, t.p_value)) for t in tests]
+    colours = ["tab:red" if t.flagged else "tab:green" for t in tests]
+    panel.barh(rows, [v - _P_FLOOR for v in values], color=colours, left=_P_FLOOR)
+    for row, test in zip(rows, tests, strict=True):
+        alpha = max(_P_FLOOR, test.alpha)
+        panel.plot([alpha, alpha], [row - 0.4, row + 0.4], color="black", linewidth=2)
+        panel.annotate(
+            f"p={test.p_value:.3g} vs alpha={test.alpha:g}",
+            (_P_FLOOR, row + 0.45),
+            fontsize=8,
+            va="bottom",
+        )
+    panel.set_xscale("log")
+    panel.set_xlim(_P_FLOOR, 1.0)
+    panel.set_ylim(-0.6, len(tests) - 0.1)
+    panel.set_yticks(rows, labels=[t.name for t in tests], fontsize=8)
+    panel.set_xlabel("p-value (black: alpha)", fontsize=8)
+    panel.tick_params(axis="x", labelsize=7)
+    if heading:
+        fig.suptitle(heading, fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.17, top=0.78, wspace=0.25)
+    return _save(fig, path, tight=False)
 
 
 def plot_decision_space(item: dict, class_names: Sequence[str], path: str | Path) -> Path:

@@ -16,11 +16,13 @@ import torch
 from PIL import Image
 
 from serving.offline import CSV_COLUMNS, collect_files, score_files
+from serving.pictures import picture_paths
 from serving.schema import ClassificationResponse, ErrorResponse
 from training.calibrate import dataset_statistics
 from training.data import make_synthetic
 from trustgc.artifact import ModelManifest, build_model, load_model, save_model
 from trustgc.config import load_model_config
+from trustgc.plots import EXPLANATION_PIXELS
 from trustgc.trust.calibration import fit_calibration, save_calibration
 from trustgc_cli.main import main
 
@@ -114,3 +116,117 @@ def test_cli(artifact, images, tmp_path, capsys) -> None:
     assert main(["score", str(images), "--model", str(artifact), "--out", "x.txt"]) == 2
     assert ".jsonl or .csv" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "none"), "--model", str(artifact), "--out", str(out)]) == 0
+
+
+# ------------------------------------------------------------------------ explanation pictures
+
+
+@pytest.fixture
+def class_folders(tmp_path) -> Path:
+    """Two class folders reusing file names, a JPEG beside a PNG of the same stem, a bad file."""
+    folder = tmp_path / "classes"
+    data = make_synthetic(num_per_class=2, seed=7)
+    for name, index in (("a/1.png", 0), ("b/1.png", 3), ("b/2.png", 5)):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.images[index][..., 0]).save(folder / name)
+    Image.fromarray(data.images[6][..., 0]).save(folder / "b" / "1.jpg", quality=95)
+    (folder / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    return folder
+
+
+def _picture(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == EXPLANATION_PIXELS
+        return np.asarray(image.convert("RGB"))
+
+
+def test_picture_paths_are_distinct_and_mirror_the_folders(class_folders, tmp_path) -> None:
+    files = collect_files([class_folders])
+    out = tmp_path / "pictures"
+    paths = picture_paths(files, out)
+    assert [p.relative_to(out).as_posix() for p in paths] == [
+        "a/1.png",
+        "b/1.jpg.png",
+        "b/1.png",
+        "b/2.png",
+        "b/broken.png",
+    ]
+    twice = picture_paths([files[0], files[0], class_folders / "x"], out)
+    assert [p.relative_to(out).as_posix() for p in twice] == ["a/1.png", "a/1-2.png", "x.png"]
+
+
+def test_score_explain_writes_one_picture_per_scored_image(
+    artifact, class_folders, tmp_path, capsys
+) -> None:
+    out = tmp_path / "scored"
+    argv = ["score", str(class_folders), "--model", str(artifact), "--out", str(out)]
+    assert main([*argv, "--explain", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'results.jsonl'}: 5 rows, 1 errors" in printed
+    assert f"wrote 4 pictures to {out}" in printed
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    files = collect_files([class_folders])
+    expected = dict(zip(map(str, files), picture_paths(files, out), strict=True))
+    pictures = {}
+    for row in rows:
+        picture = expected[row["file"]]
+        if "error" in row:  # a bad file: its error row and no picture
+            assert row["error"]["code"] == "undecodable_image" and not picture.exists()
+            continue
+        heatmaps = row["explanation"]["posterior_heatmaps"]
+        assert [m["index"] for m in heatmaps] == [p["index"] for p in row["probabilities"]]
+        pictures[row["file"]] = _picture(picture)
+    assert sorted(p for p in out.rglob("*.png")) == sorted(
+        expected[f] for f in pictures
+    )  # nothing else written
+    drawn = list(pictures.values())
+    assert all(len(np.unique(p.reshape(-1, 3), axis=0)) > 50 for p in drawn)  # not blank
+    assert not np.array_equal(drawn[0], drawn[1])  # the picture follows the image
+
+
+def test_score_explain_beside_a_results_file(artifact, class_folders, tmp_path) -> None:
+    out = tmp_path / "run" / "scores.csv"
+    counts = score_files([class_folders], artifact, out, progress=False, explain=True)
+    assert counts == {"rows": 5, "errors": 1, "pictures": 4}
+    assert out.is_file() and len(list((tmp_path / "run" / "scores").rglob("*.png"))) == 4
+
+
+def test_classify_explain_out_draws_the_served_answers(
+    artifact, class_folders, tmp_path, monkeypatch, capsys
+) -> None:
+    """classify's picture path with the answers a server would give (the offline scorer's):
+    one picture per answered file, none for the refused or missing ones, an error line each."""
+    import serving.client
+    from serving.offline import OfflineScorer
+    from serving.schema import ErrorResponse as Error
+
+    scorer = OfflineScorer.from_artifact(artifact, top_k=3)
+
+    class ScorerClient:
+        def __init__(self, **_: object) -> None:
+            pass
+
+        def classify(self, image: bytes, explain: bool, top_k: int, use_grpc: bool):
+            path = tmp_path / "sent.bin"
+            path.write_bytes(image)
+            row = next(scorer.score([path], explain=explain))
+            body = {k: v for k, v in row.items() if k != "file"}
+            return (Error if "error" in row else ClassificationResponse).model_validate(body)
+
+    monkeypatch.setattr(serving.client, "ClassifierClient", ScorerClient)
+    out = tmp_path / "classified"
+    missing = tmp_path / "missing.png"
+    argv = ["classify", str(class_folders), str(missing), "--token", "t"]
+    assert main([*argv, "--explain", "--out", str(out)]) == 1  # a bad and a missing file
+    captured = capsys.readouterr()
+    assert "wrote 4 pictures to" in captured.out
+    assert "broken.png" in captured.out and "missing.png" in captured.err
+    files = collect_files([class_folders, missing])
+    written = sorted(out.rglob("*.png"))
+    assert len(written) == 4
+    assert all(_picture(path) is not None for path in written)
+    assert not any(p.name.startswith(("broken", "missing")) for p in written)
+    assert len(files) == 6
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "add --explain" in capsys.readouterr().err

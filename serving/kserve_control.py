@@ -19,17 +19,9 @@ from pathlib import Path
 import requests
 
 from serving.kserve_runtime import KServeSettings
+from serving.processes import alive as _alive
 
 __all__ = ["KServeProcess", "run_foreground", "start_background", "stop"]
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class KServeProcess:

@@ -30,6 +30,7 @@ import requests
 
 from serving import paths
 from serving.keys import KEY_FILE, read_keys
+from serving.processes import alive as _alive
 
 __all__ = [
     "AlreadyRunning",
@@ -421,15 +422,6 @@ class TorchServe:
                 self.process.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` still exists (zombies count as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def _announce(settings: ServerSettings) -> None:

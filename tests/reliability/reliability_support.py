@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from serving.processes import alive as _alive
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 MODEL_DIR = REPO_ROOT / "model_store" / "fashion_mnist"
@@ -223,11 +225,3 @@ def stop_isolated(server, settings) -> None:
     while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.3)
     assert not [pid for pid in workers if _alive(pid)], "workers of this instance still run"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False

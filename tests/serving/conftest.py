@@ -9,7 +9,6 @@ archive or the Fashion-MNIST test data are missing.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from serving.processes import alive as _alive
+from serving.processes import children as _children
 from training.data_root import DataMissingError, require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -205,25 +206,6 @@ def torchserve(tmp_path_factory) -> ServedModel:
         assert workers, "the TorchServe frontend had no worker processes"
         left = [pid for pid in [frontend, *workers] if _alive(pid)]
         assert not left, f"TorchServe processes {left} still running after stop()"
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def _children(parent: int) -> list[int]:
-    """Processes whose parent is ``parent`` (the model workers of a TorchServe frontend)."""
-    pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    return [pid for pid in pids if (fields := _stat(pid)) is not None and int(fields[1]) == parent]
 
 
 # --------------------------------------------------------------------------- KServe runtime

@@ -267,23 +267,11 @@ def test_cli_classify_with_runtime_kserve(kserve, images, tmp_path, capsys, over
     assert printed == kserve.client().classify(images[0], top_k=3)  # the CLI default
 
 
-def _children(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if (
-                entry.name.isdigit()
-                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
-            ):
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
 def test_start_and_stop_leave_no_process(tmp_path) -> None:
-    from serving.kserve_control import KServeProcess, _alive, start_background, stop
+    from serving.kserve_control import KServeProcess, start_background, stop
     from serving.kserve_runtime import KServeSettings
+    from serving.processes import alive as _alive
+    from serving.processes import children as _children
 
     ports = []
     for _ in range(2):

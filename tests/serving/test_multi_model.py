@@ -22,7 +22,8 @@ import pytest
 import requests
 from PIL import Image
 
-from serving.server import _alive
+from serving.processes import alive as _alive
+from serving.processes import children as _workers
 
 pytestmark = pytest.mark.integration
 
@@ -40,21 +41,6 @@ def free_ports() -> dict[str, int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def _workers(parent: int) -> list[int]:
-    """Processes whose parent is ``parent`` (the frontend's Python workers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if (
-                entry.name.isdigit()
-                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent
-            ):
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 DIGITS = (0, 1, 7, 8)

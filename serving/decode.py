@@ -47,6 +47,22 @@ def _describe(error: BaseException) -> str:
     return _OBJECT_REPR.sub("the body", str(error)) or type(error).__name__
 
 
+def _text_hint(data: bytes) -> str:
+    """What to say when the body is text (a form's text field, a file name, a URL), else ''."""
+    head = data[:200]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    if not text.strip() or not all(c.isprintable() or c.isspace() for c in text):
+        return ""
+    shown = " ".join(text.split())[:40]
+    return (
+        f"it is text ({shown!r}); send the image file's bytes (curl --data-binary @image.png "
+        "-H 'Content-Type: application/octet-stream') or the file as a multipart file field"
+    )
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     max_bytes: int = 10 * 1024 * 1024
@@ -73,7 +89,7 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise InputError(
             ErrorCode.UNDECODABLE_IMAGE,
             "the body is not a supported image (PNG, JPEG, WebP, BMP, GIF, TIFF): "
-            f"{_describe(error)}",
+            f"{_text_hint(data) or _describe(error)}",
         ) from error
     width, height = image.size
     if width * height > limits.max_pixels:

@@ -64,6 +64,7 @@ class Case:
     method: str = "POST"
     status: int = 200
     code: str | None = None  # the handler's error code; None for a 200 or TorchServe's own
+    message: str | None = None  # a part of the error message that names the problem
     protobuf: bool = False
     max_seconds: float = 30.0
 
@@ -97,6 +98,7 @@ CATALOGUE = [
         headers={"Content-Type": "text/plain"},
         status=415,
         code="unsupported_media_type",
+        message="the body was parsed as text or JSON",
     ),
     Case(
         "json_body",
@@ -189,6 +191,21 @@ CATALOGUE = [
         form=lambda: {"data": {"image": "ankle_boot.png"}},
         status=415,
         code="undecodable_image",
+        message="it is text ('ankle_boot.png')",
+    ),
+    Case(
+        "multipart_text_field",
+        form=lambda: multipart({}, {"data": (None, b"hello, is this a shoe?")}),
+        status=415,
+        code="undecodable_image",
+        message="it is text ('hello, is this a shoe?')",
+    ),
+    Case(
+        "multipart_text_plain_field",
+        form=lambda: multipart({}, {"data": (None, b"hello, is this a shoe?", "text/plain")}),
+        status=415,
+        code="undecodable_image",
+        message="it is text ('hello, is this a shoe?')",
     ),
     Case(
         "png_sent_as_text_plain",
@@ -291,6 +308,7 @@ def check_answer(case: Case, answer: requests.Response) -> str:
     assert isinstance(parsed, ErrorResponse)
     assert parsed.error.code == case.code, (case.id, parsed.error)
     assert parsed.error.message
+    assert case.message is None or case.message in parsed.error.message, parsed.error
     assert " at 0x" not in parsed.error.message  # no Python object reprs (heap addresses)
     return f"{answer.status_code} {parsed.error.code}"
 

@@ -352,7 +352,10 @@ class TorchServe:
             stdout=output,
             stderr=subprocess.STDOUT,
             env=self._environment(),
-            start_new_session=not foreground,
+            # its own session even in the foreground: a terminal's Ctrl-C (or make's) reaches
+            # only the launcher, which stops TorchServe; in the same process group the
+            # torchserve script and every worker printed a KeyboardInterrupt traceback
+            start_new_session=True,
         )
         return self.process
 
@@ -462,7 +465,9 @@ def run_foreground(settings: ServerSettings) -> int:
         nonlocal stopping
         stopping = True
 
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: java is in its own session, so a closed terminal must stop it through us
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _stop) for sig in signals}
     failed = False
     try:
         process = server.start(foreground=True, output=sys.stdout)

@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from trustgc_cli.registry import CommandGroup
 
-__all__ = ["COMMAND_GROUPS", "build_parser", "main"]
+__all__ = ["COMMAND_GROUPS", "build_parser", "guard_interrupt", "main"]
+
+T = TypeVar("T")
 
 #: Modules whose ``COMMANDS`` make up the command line, in the order ``--help`` lists them.
 COMMAND_GROUPS = ("training.commands", "trustgc_cli.core_commands", "serving.commands")
@@ -42,8 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def guard_interrupt(label: str, run: Callable[[], T]) -> T | int:
+    """``run()``, or after Ctrl-C the line ``LABEL: interrupted`` and status 130 (128 + SIGINT):
+    no traceback.  The foreground server stops java itself (serving.server.run_foreground)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = guard_interrupt("trustgc", lambda: build_parser().parse_args(argv))
+    if not isinstance(args, argparse.Namespace):
+        return args  # interrupted while loading the subcommands
+    return guard_interrupt(f"trustgc {args.command}", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, TimeoutError, ConnectionError) as error:

@@ -189,6 +189,11 @@ def run_classify(args: argparse.Namespace) -> int:
     from serving.pictures import file_pixels, picture_paths, write_picture
     from serving.schema import ErrorResponse
 
+    if args.out and not args.explain:
+        raise ValueError("--out DIR writes explanation pictures: add --explain")
+    files = collect_files(args.images)  # a directory: its images; go on past bad files
+    if not files:
+        raise ValueError(f"no image files in {', '.join(map(str, args.images))}")
     url, target, key_file = CLIENT_DEFAULTS[getattr(args, "runtime", "torchserve")]
     kind = ClassifierClient
     if getattr(args, "runtime", "torchserve") == "kserve":
@@ -199,9 +204,6 @@ def run_classify(args: argparse.Namespace) -> int:
         grpc_target=args.grpc_target or target,
         token=resolve_token(args.token, args.key_file or _started_key_file(key_file)),
     )
-    if args.out and not args.explain:
-        raise ValueError("--out DIR writes explanation pictures: add --explain")
-    files = collect_files(args.images)  # a directory: its images; go on past bad files
     pictures = picture_paths(files, args.out) if args.out else None
     failures = written = 0
     if not args.json:

@@ -230,3 +230,7 @@ def test_classify_explain_out_draws_the_served_answers(
     assert len(files) == 6
     assert main([*argv, "--out", str(out)]) == 2
     assert "add --explain" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["classify", str(empty), "--token", "t"]) == 2  # a directory without images
+    assert f"no image files in {empty}" in capsys.readouterr().err

@@ -35,7 +35,12 @@ def write_model_card(directory: Path, manifest: ModelManifest, metrics: dict[str
         f"(world size {training.get('world_size')}, torch {training.get('torch_version')})",
         f"- Command: `{training.get('command')}`",
         *(
-            [f"- **Stopped early** by {training['stopped_early']}: fewer epochs than configured"]
+            [
+                f"- **Stopped early** by {training['stopped_early']} after "
+                f"{training.get('epochs_completed')} of "
+                f"{(training.get('config') or {}).get('epochs', 'n/a')} configured epochs "
+                f"({training.get('steps')} steps)"
+            ]
             if training.get("stopped_early")
             else []
         ),

@@ -94,8 +94,3 @@ class ScoreTable:
         smallest = np.asarray(self.ood_components, dtype=object)[np.argmin(p, axis=1)]
         names[self.out_of_distribution] = smallest[self.out_of_distribution]
         return names
-
-    @property
-    def component_names(self) -> tuple[str, ...]:
-        """The served component statistics (each has a column in ``p_values``)."""
-        return tuple(self.statistics)

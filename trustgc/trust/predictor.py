@@ -280,7 +280,8 @@ class Predictor:
         keep = self.is_generative and any(wants)
         table, outputs = self._score(pixels, batch_size, keep_latents=keep)
         explanations = self._explanations(outputs, wants) if keep else {}
-        return [_row(table, i, explanations.get(i)) for i in range(len(table))]
+        rejected_by = table.rejected_by  # a property over the whole batch: computed once here
+        return [_row(table, i, explanations.get(i), rejected_by[i]) for i in range(len(table))]
 
     def _explanations(self, outputs, wants: list[bool]) -> dict[int, dict[str, Any]]:
         """Heatmaps and decision-space coordinates for the images that asked for them."""
@@ -304,8 +305,11 @@ class Predictor:
         }
 
 
-def _row(table: ScoreTable, i: int, explanation: dict[str, Any] | None) -> TrustResult:
-    """Row ``i`` of a score table as one image's result."""
+def _row(
+    table: ScoreTable, i: int, explanation: dict[str, Any] | None, rejected_by: str | None
+) -> TrustResult:
+    """Row ``i`` of a score table as one image's result (``rejected_by``: its entry of
+    ``table.rejected_by``, which the caller computes once for the whole table)."""
     return TrustResult(
         probabilities=table.probabilities[i],
         class_bits_per_dim=table.class_bits_per_dim[i],
@@ -321,5 +325,5 @@ def _row(table: ScoreTable, i: int, explanation: dict[str, Any] | None) -> Trust
         attack_suspected=bool(table.attack_suspected[i]),
         decision=table.decisions[i],
         explanation=explanation,
-        rejected_by=table.rejected_by[i],
+        rejected_by=rejected_by,
     )

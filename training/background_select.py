@@ -32,7 +32,13 @@ from trustgc.artifact import load_model
 from trustgc.inference import model_outputs
 from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.pvalues import EmpiricalReference
-from trustgc.trust.statistics import STATISTICS, compute_statistics
+from trustgc.trust.statistics import (
+    BACKGROUND_OOD_STATISTIC,
+    COMBINATIONS,
+    PRODUCTION_OOD_STATISTIC,
+    STATISTICS,
+    compute_statistics,
+)
 
 __all__ = ["CANDIDATES", "evaluate_candidates", "selection_statistics"]
 
@@ -48,13 +54,12 @@ def _tippett(*terms: np.ndarray) -> np.ndarray:
     return np.maximum.reduce(list(terms))
 
 
-#: name -> (components, T from their part-A p-values); large T = OoD.
+#: name -> (components, T from their part-A p-values); large T = OoD.  The served combinations
+#: come from the registry (one formula each); the others are the alternatives weighed against them.
 CANDIDATES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {
     "served_now": (
-        ("complexity_corrected", "max_posterior", "typicality"),
-        lambda p: _tippett(
-            _fisher(p, ("complexity_corrected", "max_posterior")), -np.log(p["typicality"])
-        ),
+        COMBINATIONS[PRODUCTION_OOD_STATISTIC].components,
+        COMBINATIONS[PRODUCTION_OOD_STATISTIC].combine,
     ),
     "ratio_alone": ((RATIO,), lambda p: -np.log(p[RATIO])),
     "ratio_and_typicality": (
@@ -62,12 +67,8 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], n
         lambda p: _tippett(-np.log(p[RATIO]), -np.log(p["typicality"])),
     ),
     "served_now_plus_ratio_min_p": (
-        ("complexity_corrected", "max_posterior", "typicality", RATIO),
-        lambda p: _tippett(
-            _fisher(p, ("complexity_corrected", "max_posterior")),
-            -np.log(p["typicality"]),
-            -np.log(p[RATIO]),
-        ),
+        COMBINATIONS[BACKGROUND_OOD_STATISTIC].components,
+        COMBINATIONS[BACKGROUND_OOD_STATISTIC].combine,
     ),
     "served_now_plus_ratio_in_fisher": (
         ("complexity_corrected", "max_posterior", "typicality", RATIO),

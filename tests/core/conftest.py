@@ -6,6 +6,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import torch
+
+from trustgc.config import load_model_config
+from trustgc.ibinn import IBINN
 
 
 def blob_images(count: int, seed: int, noise_share: float = 0.0, size: int = 8) -> np.ndarray:
@@ -29,3 +33,21 @@ def blob_images(count: int, seed: int, noise_share: float = 0.0, size: int = 8) 
 def make_images() -> Callable[..., np.ndarray]:
     """:func:`blob_images`, as a fixture (conftest modules are not imported by tests)."""
     return blob_images
+
+
+def randomised_tiny_flow(seed: int, num_classes: int, **overrides) -> IBINN:
+    """The tiny IB-INN with every parameter moved away from its initialisation (seeded), so its
+    statistics are not the degenerate ones of an identity flow; ``overrides`` go to the config.
+    """
+    torch.manual_seed(seed)
+    net = IBINN(load_model_config("tiny", num_classes=num_classes, **overrides)).eval()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return net
+
+
+@pytest.fixture(scope="session")
+def make_flow() -> Callable[..., IBINN]:
+    """:func:`randomised_tiny_flow`, as a fixture (for models and background flows)."""
+    return randomised_tiny_flow

@@ -38,23 +38,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _flow(seed: int, num_classes: int, **overrides) -> IBINN:
-    torch.manual_seed(seed)
-    net = IBINN(load_model_config("tiny", num_classes=num_classes, **overrides)).eval()
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return net
+@pytest.fixture(scope="module")
+def model(make_flow) -> IBINN:
+    return make_flow(0, 4)
 
 
 @pytest.fixture(scope="module")
-def model() -> IBINN:
-    return _flow(0, 4)
-
-
-@pytest.fixture(scope="module")
-def background() -> IBINN:
-    return _flow(1, 2)
+def background(make_flow) -> IBINN:
+    return make_flow(1, 2)
 
 
 def _pixels(count: int, seed: int) -> np.ndarray:
@@ -129,7 +120,9 @@ def test_predictor_serves_the_ratio_and_names_the_rejecting_component(model, bac
     assert [r.rejected_by for r in results] == list(by[:20])
 
 
-def test_artifact_loads_its_background_and_checks_its_weights(tmp_path, model, background):
+def test_artifact_loads_its_background_and_checks_its_weights(
+    tmp_path, model, background, make_flow
+):
     save_model(tmp_path, model, _manifest(model, "tiny", tuple("abcd")))
     save_model(tmp_path / BACKGROUND_DIR, background, _manifest(background, "bg", ("p", "n")))
     calibration = _calibrate(model, background, _pixels(1600, seed=0))
@@ -146,7 +139,7 @@ def test_artifact_loads_its_background_and_checks_its_weights(tmp_path, model, b
         predictor.score(fresh).statistics["background_ratio"],
         direct.score(fresh).statistics["background_ratio"],
     )
-    other = _flow(2, 2)  # retrained background: the references no longer fit it
+    other = make_flow(2, 2)  # retrained background: the references no longer fit it
     save_model(tmp_path / BACKGROUND_DIR, other, _manifest(other, "bg", ("p", "n")))
     with pytest.raises(ValueError, match="other background weights|background weights"):
         Predictor.from_artifact(tmp_path)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from trustgc.artifact import ModelManifest, build_model
-from trustgc.config import ModelConfig, load_model_config
+from trustgc.config import ModelConfig
 from trustgc.ibinn import IBINN
 from trustgc.inference import ModelOutputs, latent_scores, model_outputs
 from trustgc.preprocess import pixels_to_unit
@@ -52,25 +52,15 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _tiny(seed: int, num_classes: int) -> IBINN:
-    """The tiny IB-INN with parameters moved away from their initialisation."""
-    torch.manual_seed(seed)
-    net = IBINN(load_model_config("tiny", num_classes=num_classes)).eval()
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return net
+@pytest.fixture(scope="module")
+def model(make_flow) -> IBINN:
+    return make_flow(seed=0, num_classes=4)
 
 
 @pytest.fixture(scope="module")
-def model() -> IBINN:
-    return _tiny(seed=0, num_classes=4)
-
-
-@pytest.fixture(scope="module")
-def background() -> IBINN:
+def background(make_flow) -> IBINN:
     """A second tiny flow standing in for the artifact's background model."""
-    return _tiny(seed=1, num_classes=2)
+    return make_flow(seed=1, num_classes=2)
 
 
 @pytest.fixture(scope="module")

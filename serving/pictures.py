@@ -5,7 +5,7 @@ image, and call :func:`write_picture`, which draws it with the core's one figure
 :func:`trustgc.plots.plot_explanation`: the input, the posterior heatmaps of the answer's top
 three classes and its two p-values (OoD, attack) against their alphas.  ``score`` shows the
 pixels the model saw; ``classify`` (a client, which does not know the model's input size) the
-file as Pillow reads it, shrunk to at most :data:`DISPLAY_SIDE` pixels.
+file as Pillow reads it, padded to a square and shrunk to at most :data:`DISPLAY_SIDE` pixels.
 
 matplotlib and Pillow are imported when a picture is drawn, so a client-only install can still
 ``classify`` without ``--out``.
@@ -72,15 +72,20 @@ def display_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 def file_pixels(data: bytes) -> np.ndarray:
-    """Image file bytes -> (H, W) or (H, W, 3) in [0, 1], at most DISPLAY_SIDE a side."""
+    """Image file bytes -> (S, S) or (S, S, 3) in [0, 1], S at most DISPLAY_SIDE: padded with
+    black to a centred square as the served decoding pads it, so the heatmaps' cells lie over
+    the parts of the image the model saw there."""
     _require_plotting()
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
         image.seek(0)
         shown = image.convert("L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-        shown.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
-        return np.asarray(shown, dtype=np.float64) / 255.0
+    shown.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+    side = max(shown.size)
+    square = Image.new(shown.mode, (side, side), 0)
+    square.paste(shown, ((side - shown.width) // 2, (side - shown.height) // 2))
+    return np.asarray(square, dtype=np.float64) / 255.0
 
 
 def write_picture(

@@ -7,6 +7,7 @@ here a tiny calibrated artifact is scored without any server.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from serving.offline import CSV_COLUMNS, collect_files, score_files
-from serving.pictures import picture_paths
+from serving.pictures import file_pixels, picture_paths
 from serving.schema import ClassificationResponse, ErrorResponse
 from training.calibrate import dataset_statistics
 from training.data import make_synthetic
@@ -234,3 +235,13 @@ def test_classify_explain_out_draws_the_served_answers(
     empty.mkdir()
     assert main(["classify", str(empty), "--token", "t"]) == 2  # a directory without images
     assert f"no image files in {empty}" in capsys.readouterr().err
+
+
+def test_classify_pictures_show_the_file_padded_like_the_served_decoding() -> None:
+    """A 60 x 40 file is drawn as a 60 x 60 square, centred between black bands of 10 rows."""
+    white = Image.new("L", (60, 40), 255)
+    buffer = io.BytesIO()
+    white.save(buffer, format="PNG")
+    shown = file_pixels(buffer.getvalue())
+    assert shown.shape == (60, 60)
+    assert np.all(shown[10:50] == 1.0) and np.all(shown[:10] == 0.0) and np.all(shown[50:] == 0.0)

@@ -97,6 +97,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
         Path(target).write_text("".join(line + "\n" for line in lines))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one CPU thread for a module (``pytestmark = pytest.mark.usefixtures(...)``).
+
+    Single-threaded CPU inference and training of the small test models is barely slower on an
+    idle machine and several times faster on a busy, shared one (thread oversubscription).
+    Module scope, so the module's own model fixtures are built under it as well.
+    """
+    import torch  # lazily: a conftest of the whole suite should not need torch to load
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_set_dir() -> Callable[..., Path]:
     """``data_set_dir(name, splits=("test",))``: the set's folder under the data root

@@ -27,12 +27,7 @@ from trustgc.ibinn import IBINN
 SMALL_CONFIGS = [name for name in available_configs() if name != "imagenet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(module: torch.nn.Module, scale: float, seed: int = 0) -> None:

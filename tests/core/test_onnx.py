@@ -37,12 +37,7 @@ SHIPPED = REPO_ROOT / "model_store" / "fashion_mnist"
 PARITY_IMAGES = 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_model(seed: int = 0) -> IBINN:

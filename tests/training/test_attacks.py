@@ -36,13 +36,7 @@ from trustgc.inference import model_outputs
 from trustgc.preprocess import dequantize, pixels_to_tensor, pixels_to_unit
 from trustgc.trust.statistics import STATISTICS, compute_statistics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

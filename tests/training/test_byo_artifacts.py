@@ -39,13 +39,7 @@ from trustgc.trust.calibration import (
 )
 from trustgc.trust.predictor import Predictor
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save_tiny(directory: Path, seed: int) -> None:

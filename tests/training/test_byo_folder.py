@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from training.data import (
@@ -29,13 +28,7 @@ from training.folder_config import (
 from trustgc.artifact import load_manifest
 from trustgc_cli.main import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_folder(root: Path, per_class: int = 100, size: int = 8, mode: str = "L") -> Path:

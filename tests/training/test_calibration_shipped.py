@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from training.calibrate import dataset_statistics
@@ -42,10 +41,13 @@ NUM_IN = 2000
 MISSING_OOD_SETS: dict[str, str] = {}  # set -> why it is missing (filled by ood_aucs)
 METHODS = ("production", "paper_two_sided", "one_sided_likelihood", "max_posterior")
 
-pytestmark = pytest.mark.skipif(
-    not (MODEL_DIR / CALIBRATION_FILE).is_file(),
-    reason=f"needs the shipped calibrated model ({MODEL_DIR / CALIBRATION_FILE})",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (MODEL_DIR / CALIBRATION_FILE).is_file(),
+        reason=f"needs the shipped calibrated model ({MODEL_DIR / CALIBRATION_FILE})",
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _null_level(n: int, alpha: float, side: str) -> int:
@@ -60,16 +62,6 @@ def _beta_binomial_interval(m: int, n: int, alpha: float, side: str) -> tuple[in
     law = stats.betabinom(m, a, n + 1 - a)
     tail = (1.0 - CONFIDENCE) / 2.0
     return a, int(law.ppf(tail)), int(law.isf(tail))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Single-threaded CPU inference: barely slower on an idle 2-core machine, several times
-    faster on a busy one (thread oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,7 @@ from trustgc_cli.main import main
 STEPS_PER_EPOCH = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _options(out: Path, **overrides) -> TrainOptions:

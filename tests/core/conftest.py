@@ -35,12 +35,16 @@ def make_images() -> Callable[..., np.ndarray]:
     return blob_images
 
 
-def randomised_tiny_flow(seed: int, num_classes: int, **overrides) -> IBINN:
-    """The tiny IB-INN with every parameter moved away from its initialisation (seeded), so its
-    statistics are not the degenerate ones of an identity flow; ``overrides`` go to the config.
+def randomised_tiny_flow(seed: int, num_classes: int | None = None, **overrides) -> IBINN:
+    """The tiny IB-INN with every parameter moved away from its initialisation (seeded):
+    zero-initialised subnets would make each coupling the identity, its statistics degenerate
+    and parity checks vacuous.  ``num_classes`` (else the config's) and ``overrides`` go to the
+    config.
     """
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
     torch.manual_seed(seed)
-    net = IBINN(load_model_config("tiny", num_classes=num_classes, **overrides)).eval()
+    net = IBINN(load_model_config("tiny", **overrides)).eval()
     with torch.no_grad():
         for parameter in net.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))

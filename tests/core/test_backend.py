@@ -16,17 +16,7 @@ import torch
 from trustgc.artifact import ArtifactError, ModelManifest, save_model
 from trustgc.backend import choose_backend
 from trustgc.config import load_model_config
-from trustgc.ibinn import IBINN
 from trustgc.onnx_backend import ONNX_FILE, export_artifact
-
-
-def _tiny(seed: int) -> IBINN:
-    torch.manual_seed(seed)
-    model = IBINN(load_model_config("tiny")).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model
 
 
 def _save(directory: Path, model) -> None:
@@ -35,12 +25,12 @@ def _save(directory: Path, model) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
+def exported(tmp_path_factory, make_flow) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         directory = tmp_path_factory.mktemp("tiny")
-        _save(directory, _tiny(0))
+        _save(directory, make_flow(0))
         export_artifact(directory, exporter="torchscript")
     finally:
         torch.set_num_threads(threads)
@@ -75,8 +65,8 @@ def test_missing_export_falls_back_unless_onnxruntime_was_requested(copy) -> Non
         choose_backend(copy, "onnxruntime")
 
 
-def test_weights_retrained_after_the_export_fall_back(copy) -> None:
-    _save(copy, _tiny(1))  # new weights, old model.onnx and onnx.json
+def test_weights_retrained_after_the_export_fall_back(copy, make_flow) -> None:
+    _save(copy, make_flow(1))  # new weights, old model.onnx and onnx.json
     choice = choose_backend(copy)
     assert choice.backend == "torch"
     assert "other weights" in choice.reason

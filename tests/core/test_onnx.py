@@ -40,27 +40,16 @@ PARITY_IMAGES = 1000
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _tiny_model(seed: int = 0) -> IBINN:
-    """The tiny config with every parameter perturbed: zero-initialised subnets would make each
-    coupling the identity and the parity checks vacuous."""
-    torch.manual_seed(seed)
-    model = IBINN(load_model_config("tiny")).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model
-
-
 def _save_tiny(directory: Path, model: IBINN) -> None:
     manifest = ModelManifest(name="tiny", config=model.config, class_names=("a", "b", "c", "d"))
     save_model(directory, model, manifest)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, make_flow):
     """A tiny artifact exported with the default exporter (dynamo): (directory, model, info)."""
     directory = tmp_path_factory.mktemp("tiny")
-    model = _tiny_model()
+    model = make_flow(0)
     _save_tiny(directory, model)
     info = export_artifact(directory)
     return directory, model, info
@@ -145,8 +134,8 @@ def test_tiny_scores_use_the_shared_scoring_code(tiny) -> None:
     assert scores.dim == expected.dim
 
 
-def test_tiny_torchscript_exporter(tmp_path) -> None:
-    model = _tiny_model(seed=1)
+def test_tiny_torchscript_exporter(tmp_path, make_flow) -> None:
+    model = make_flow(1)
     info = export_flow(model, tmp_path / "ts.onnx", exporter="torchscript")
     assert info["exporter"] == "torchscript" and "onnxscript" not in info["versions"]
     assert info["check"]["max_abs_latent_diff"] < 1e-5
@@ -160,9 +149,9 @@ def test_tiny_torchscript_exporter(tmp_path) -> None:
 # ------------------------------------------------------------------- tiny: the guard rails
 
 
-def test_missing_or_stale_export_is_refused(tiny, tmp_path) -> None:
+def test_missing_or_stale_export_is_refused(tiny, tmp_path, make_flow) -> None:
     directory = _copy_artifact(tiny[0], tmp_path / "artifact")
-    _save_tiny(directory, _tiny_model(seed=5))  # retrained: new weights, old model.onnx
+    _save_tiny(directory, make_flow(5))  # retrained: new weights, old model.onnx
     with pytest.raises(ArtifactError, match="other weights"):
         checked_onnx_path(directory)
     with pytest.raises(ArtifactError, match="other weights"):

@@ -189,6 +189,8 @@ def run_mode(
     seed: int = 0,
 ) -> ModeResult:
     """Attack uint8 images (B, C, H, W) with true ``labels`` in one mode (module docstring)."""
+    if predictor.backend != "torch":
+        raise ValueError("the attack needs the torch backend (gradients of f), not onnxruntime")
     model = predictor.model
     generative = predictor.is_generative
     clean = (torch.from_numpy(pixels).float() + 0.5) / 256.0

@@ -38,10 +38,12 @@ needs_model = pytest.mark.skipif(
 )
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    torch.set_num_threads(1)
-    return Predictor.from_artifact(MODEL)
+    return Predictor.from_artifact(MODEL, backend="torch")  # the attack needs f's gradient
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,13 @@ from training.surrogates import (
 )
 from trustgc.trust.statistics import png_code_length_bits
 
-pytestmark = pytest.mark.skipif(
-    not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(),
-    reason="needs Debian's dataset-fashion-mnist",
-)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(
+        not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(),
+        reason="needs Debian's dataset-fashion-mnist",
+    ),
+]
 
 
 def unit(pixels: np.ndarray) -> torch.Tensor:

@@ -245,7 +245,7 @@ def plot(files: list[Path], out: Path) -> None:
     axis.set_ylabel("accepted with a wrong label (%)")
     axis.set_ylim(0, 100)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)

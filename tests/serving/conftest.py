@@ -101,12 +101,11 @@ def free_ports() -> dict[str, int]:
     return ports
 
 
-@dataclass
-class ServedModel:
-    """What the integration tests need to talk to the running TorchServe."""
+@dataclass(kw_only=True)
+class _Served:
+    """What the integration tests know of either running runtime: its settings and keys."""
 
-    settings: object  # serving.server.ServerSettings
-    server: object  # serving.server.TorchServe
+    settings: object  # serving.server.ServerSettings or serving.kserve_runtime.KServeSettings
     keys: dict[str, str]
     model: str = MODEL_NAME
 
@@ -118,6 +117,13 @@ class ServedModel:
     def headers(self) -> dict[str, str]:
         """Inference API headers (token auth)."""
         return {"Authorization": f"Bearer {self.keys['inference']}"}
+
+
+@dataclass(kw_only=True)
+class ServedModel(_Served):
+    """What the integration tests need to talk to the running TorchServe."""
+
+    server: object  # serving.server.TorchServe
 
     @property
     def management_headers(self) -> dict[str, str]:
@@ -211,22 +217,11 @@ def torchserve(tmp_path_factory) -> ServedModel:
 # --------------------------------------------------------------------------- KServe runtime
 
 
-@dataclass
-class ServedOip:
+@dataclass(kw_only=True)
+class ServedOip(_Served):
     """The KServe runtime (Open Inference Protocol) as the integration tests see it."""
 
-    settings: object  # serving.kserve_runtime.KServeSettings
     process: object  # serving.kserve_control.KServeProcess
-    keys: dict[str, str]
-    model: str = MODEL_NAME
-
-    @property
-    def token(self) -> str:
-        return self.keys["inference"]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys['inference']}"}
 
     @property
     def infer_url(self) -> str:

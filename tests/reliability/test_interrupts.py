@@ -2,8 +2,8 @@
 
 A terminal's Ctrl-C sends SIGINT to the whole foreground process group: to the Python launcher
 and to TorchServe's java alike.  The test runs the foreground server in its own session and
-signals that group the same way, once the model answers and once early, while the launcher is
-still starting up.
+signals that group the same way once the model answers; a waiting client command is
+interrupted the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,21 +91,28 @@ def test_ctrl_c_when_serving_stops_quietly(tmp_path, skip_without_torchserve) ->
     assert not [pid for pid in children if _alive(pid)], "java or a worker outlived Ctrl-C"
 
 
-def test_ctrl_c_while_starting_up_prints_one_line(tmp_path) -> None:
-    """The real command line, interrupted while it loads (no java is started: the model store
-    is empty, so a run that gets past loading ends with the missing-archive error)."""
-    (tmp_path / "store").mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trustgc_cli.main", "serve", "--run-dir", str(tmp_path / "run")]
-        + ["--model-store", str(tmp_path / "store")],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    time.sleep(0.5)  # importing the subcommands: before any handler of the server's own
-    code, out, err = _interrupt(process)
+def test_ctrl_c_on_a_waiting_command_prints_one_line(tmp_path) -> None:
+    """The real command line, interrupted while it waits: ``classify`` against a socket that
+    accepts connections and never answers (its 30 s timeout is far away).  Whether the signal
+    lands while the subcommands load or while the request waits, the answer is one line."""
+    image = tmp_path / "boot.png"
+    image.write_bytes((REPO_ROOT / "docs" / "examples" / "ankle_boot.png").read_bytes())
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trustgc_cli.main", "classify", str(image), "--url", url]
+            + ["--token", "t"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        time.sleep(3.0)
+        assert process.poll() is None, process.communicate()
+        code, out, err = _interrupt(process)
     assert "Traceback" not in out + err, (out + err)[-3000:]
     assert code == 130, (code, out[-2000:], err[-2000:])
-    assert err.strip().splitlines()[-1].endswith(": interrupted")
+    assert err.strip().splitlines()[-1] in ("trustgc: interrupted", "trustgc classify: interrupted")

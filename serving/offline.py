@@ -211,6 +211,8 @@ def score_files(
 
         pictures = picture_paths(files, pictures_dir)
     scorer = OfflineScorer.from_artifact(Path(model_dir), name, top_k=top_k)
+    if explain and not scorer.predictor.is_generative:
+        raise ValueError(f"--explain: {model_dir} is a discriminative baseline, it has no heatmaps")
     results.parent.mkdir(parents=True, exist_ok=True)
     counts = {"rows": 0, "errors": 0} | ({"pictures": 0} if explain else {})
     bar = tqdm(total=len(files), unit="img", desc="scoring", disable=not progress)

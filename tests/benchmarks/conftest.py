@@ -36,3 +36,8 @@ def model_cost():
 @pytest.fixture(scope="session")
 def onnx_vs_torch():
     return load_script("onnx_vs_torch")
+
+
+@pytest.fixture(scope="session")
+def answer_snapshot():
+    return load_script("answer_snapshot")

@@ -53,6 +53,7 @@ from machine import cpu_name, load_average  # noqa: E402
 from traffic import closed_loop, fashion_png_images, free_ports  # noqa: E402
 
 from serving.kserve_import import import_kserve  # noqa: E402
+from serving.oip_client import grpc_infer_request, rest_infer_body  # noqa: E402
 
 GC_DIR = REPO / "model_store" / "fashion_mnist"
 BASELINE_DIR = REPO / "runs" / "sweep" / "fashion_mnist_dc"
@@ -559,27 +560,11 @@ class OipRestSender:
     """OIP REST: the image as base64 in a JSON BYTES tensor (bodies prepared once per image)."""
 
     def __init__(self, url: str, token: str | None, images: list[bytes]) -> None:
-        import base64
-
         self.url = url
         self.headers = {"Content-Type": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
-        self.bodies = {
-            image: json.dumps(
-                {
-                    "inputs": [
-                        {
-                            "name": "images",
-                            "shape": [1],
-                            "datatype": "BYTES",
-                            "data": [base64.b64encode(image).decode()],
-                        }
-                    ]
-                }
-            ).encode()
-            for image in images
-        }
+        self.bodies = {image: json.dumps(rest_infer_body([image])).encode() for image in images}
         self.local = threading.local()
 
     def __call__(self, image: bytes) -> tuple[bool, bytes]:
@@ -611,17 +596,7 @@ class OipGrpcSender:
 
     def __call__(self, image: bytes) -> tuple[bool, bytes]:
         pb = self.pb
-        request = pb.ModelInferRequest(
-            model_name=self.model,
-            inputs=[
-                pb.ModelInferRequest.InferInputTensor(
-                    name="images",
-                    datatype="BYTES",
-                    shape=[1],
-                    contents=pb.InferTensorContents(bytes_contents=[image]),
-                )
-            ],
-        )
+        request = grpc_infer_request(pb, self.model, [image])
         try:
             reply = self.stub.ModelInfer(request, metadata=self.metadata, timeout=60)
         except self.grpc.RpcError as error:

@@ -27,10 +27,55 @@ from serving.client import ClientError, RetryingClient
 from serving.client import parse_answer as _parse
 from serving.schema import ClassificationResponse, ErrorResponse
 
-__all__ = ["OipClient"]
+__all__ = ["OipClient", "grpc_infer_request", "rest_infer_body"]
 
 RETRYABLE_HTTP = {502, 503, 504}
 INPUT_NAME = "images"
+
+
+def rest_infer_body(
+    images: list[bytes], parameters: dict | None = None, outputs: tuple[str, ...] = ()
+) -> dict:
+    """The OIP REST request for encoded images: one BYTES tensor of base64 text (see above)."""
+    body: dict = {
+        "inputs": [
+            {
+                "name": INPUT_NAME,
+                "shape": [len(images)],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(image).decode("ascii") for image in images],
+            }
+        ]
+    }
+    if outputs:
+        body["outputs"] = [{"name": name} for name in outputs]
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def grpc_infer_request(
+    pb,
+    model: str,
+    images: list[bytes],
+    parameters: dict | None = None,
+    outputs: tuple[str, ...] = (),
+):
+    """The OIP gRPC ``ModelInferRequest`` for encoded images; ``pb`` is KServe's
+    ``grpc_predict_v2_pb2`` module, ``parameters`` maps names to ``pb.InferParameter``."""
+    return pb.ModelInferRequest(
+        model_name=model,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name=INPUT_NAME,
+                datatype="BYTES",
+                shape=[len(images)],
+                contents=pb.InferTensorContents(bytes_contents=images),
+            )
+        ],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in outputs],
+        parameters=parameters or {},
+    )
 
 
 def _deserialize_bytes(raw: bytes) -> list[bytes]:
@@ -69,18 +114,7 @@ class OipClient(RetryingClient):
         return self._rest(images, explain, top_k)
 
     def _rest(self, images: list[bytes], explain: bool, top_k: int):
-        body = {
-            "inputs": [
-                {
-                    "name": INPUT_NAME,
-                    "shape": [len(images)],
-                    "datatype": "BYTES",
-                    "data": [base64.b64encode(image).decode("ascii") for image in images],
-                }
-            ],
-            "outputs": [{"name": "answer"}],
-            "parameters": {"explain": explain, "top_k": top_k},
-        }
+        body = rest_infer_body(images, {"explain": explain, "top_k": top_k}, ("answer",))
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -128,22 +162,11 @@ class OipClient(RetryingClient):
         pb = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2")
         pb_grpc = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2_grpc")
 
-        request = pb.ModelInferRequest(
-            model_name=self.model,
-            inputs=[
-                pb.ModelInferRequest.InferInputTensor(
-                    name=INPUT_NAME,
-                    datatype="BYTES",
-                    shape=[len(images)],
-                    contents=pb.InferTensorContents(bytes_contents=images),
-                )
-            ],
-            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="answer")],
-            parameters={
-                "explain": pb.InferParameter(bool_param=explain),
-                "top_k": pb.InferParameter(int64_param=top_k),
-            },
-        )
+        parameters = {
+            "explain": pb.InferParameter(bool_param=explain),
+            "top_k": pb.InferParameter(int64_param=top_k),
+        }
+        request = grpc_infer_request(pb, self.model, images, parameters, ("answer",))
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
         with grpc.insecure_channel(self.grpc_target) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -180,6 +180,10 @@ def _project_l2(parameter: Tensor, grid: int | None, shape: torch.Size, radius: 
     return parameter * factor.view(-1, 1, 1, 1)
 
 
+def _on(device: torch.device, values: np.ndarray) -> Tensor:
+    return torch.from_numpy(values).to(device=device, dtype=torch.float64)
+
+
 def run_mode(
     predictor: Predictor,
     pixels: np.ndarray,
@@ -193,9 +197,11 @@ def run_mode(
         raise ValueError("the attack needs the torch backend (gradients of f), not onnxruntime")
     model = predictor.model
     generative = predictor.is_generative
-    clean = (torch.from_numpy(pixels).float() + 0.5) / 256.0
+    device = predictor.device
+    clean = ((torch.from_numpy(pixels).float() + 0.5) / 256.0).to(device)
     n = clean.shape[0]
     targets = torch.from_numpy(choose_targets(predictor, pixels, labels, mode.target, seed))
+    targets = targets.to(device)
     if generative:
         calibration = predictor.calibration
         kappa = mode.kappa
@@ -208,10 +214,10 @@ def run_mode(
         kappa, penalty, anchored = (mode.kappa or 0.0), None, None
     shape = clean.shape
     size = (n, shape[1], mode.grid, mode.grid) if mode.grid else tuple(shape)
-    parameter = torch.zeros(size, requires_grad=True)
+    parameter = torch.zeros(size, requires_grad=True, device=device)
     optimiser = torch.optim.Adam([parameter], lr=mode.lr) if mode.kind == "cw" else None
-    c = torch.full((n,), float(mode.c0))
-    d = torch.full((n,), float(mode.d))
+    c = torch.full((n,), float(mode.c0), device=device)
+    d = torch.full((n,), float(mode.d), device=device)
     best_l2 = np.full(n, np.inf)
     best = pixels.copy()
     decisions = np.empty(n, dtype=object)
@@ -221,7 +227,7 @@ def run_mode(
         continuous = (clean + delta).clamp(0.0, 1.0)
         x_adv = continuous + (bin_centres(continuous) - continuous).detach()
         if step % mode.check_every == 0 or step == mode.steps:
-            adversarial = quantize_unit(x_adv.detach()).numpy()
+            adversarial = quantize_unit(x_adv.detach()).cpu().numpy()
             wrong, decisions = served_outcome(predictor, adversarial, labels)
             success = wrong & (decisions == Decision.ACCEPTED)
             l2 = np.sqrt(((adversarial.astype(np.float64) - pixels) ** 2).reshape(n, -1).sum(1))
@@ -230,8 +236,8 @@ def run_mode(
             best_l2[better] = l2[better]
             best[better] = adversarial[better]
             if step > 0:
-                c = c * torch.from_numpy(np.where(success, 1 / 1.5, np.where(wrong, 1.0, 2.0)))
-                d = d * torch.from_numpy(np.where(wrong & ~success, 2.0, 1.0))
+                c = c * _on(device, np.where(success, 1 / 1.5, np.where(wrong, 1.0, 2.0)))
+                d = d * _on(device, np.where(wrong & ~success, 2.0, 1.0))
             if anchored is not None:
                 anchored.anchor(x_adv.detach())
         if step == mode.steps:
@@ -243,7 +249,7 @@ def run_mode(
             detect = penalty(scores, png_bits)
         else:
             logits = model(x_adv)
-            detect = torch.zeros(n)
+            detect = torch.zeros(n, device=device)
         class_term = torch.clamp(-target_margin(logits, targets), min=-kappa)
         objective = c * class_term + d * detect
         perturbation = x_adv - clean

@@ -10,7 +10,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trustgc.config import load_config_file
 
-__all__ = ["TrainingConfig", "load_training_config"]
+__all__ = ["AdversarialConfig", "TrainingConfig", "load_training_config"]
+
+
+class AdversarialConfig(BaseModel):
+    """PGD-L2 adversarial training inside the IB objective (training/adversarial.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epsilon: float = Field(gt=0, description="L2 radius in [0, 1] pixel units")
+    steps: int = Field(default=5, ge=1, description="PGD steps per batch")
+    step_size: float | None = Field(
+        default=None, gt=0, description="PGD step length (default 2.5 * epsilon / steps)"
+    )
+    adversarial_weight: float = Field(
+        default=0.5, ge=0, le=1, description="share of L_Y computed on the adversarial inputs"
+    )
+
+    def resolved_step_size(self) -> float:
+        """Madry et al.'s 2.5 * eps / steps unless set: the walk can reach the far side of
+        the ball from a random start."""
+        return self.step_size if self.step_size is not None else 2.5 * self.epsilon / self.steps
 
 
 class TrainingConfig(BaseModel):
@@ -35,6 +55,9 @@ class TrainingConfig(BaseModel):
     seed: int = 0
     amp: bool = False
     limit_train_samples: int | None = Field(default=None, gt=0)
+    adversarial: AdversarialConfig | None = Field(
+        default=None, description="adversarial training (None: clean training)"
+    )
     # Image folders ("folder" data sets, see training.folder_config): how the files are read,
     # recorded so that calibration and evaluation read exactly the pixels training saw.
     image_size: tuple[int, int] | None = Field(

@@ -144,8 +144,13 @@ def run(args: argparse.Namespace, command: str) -> dict:
     torch.set_num_threads(args.threads)
     test = load_fashion_mnist("test")
     pixels, labels = test.images.transpose(0, 3, 1, 2), test.labels
-    gc = Predictor.from_artifact(args.gc, backend="torch")  # the attack needs f's gradient
-    baseline = Predictor.from_artifact(args.baseline) if args.baseline else None
+    # the attack needs f's gradient: torch backend
+    gc = Predictor.from_artifact(args.gc, backend="torch", device=args.device)
+    baseline = (
+        Predictor.from_artifact(args.baseline, backend="torch", device=args.device)
+        if args.baseline
+        else None
+    )
     # images are chosen by the GC alone, so that every model is attacked on the same images
     # whichever finishes first; the baseline's clean errors are counted in the JSON
     indices, excluded = select_images(gc, pixels, labels, args.n, args.seed)
@@ -171,6 +176,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "test_indices": indices.tolist(),
         "excluded": excluded,
         "threads": args.threads,
+        "device": args.device,
         "l2": {},
         "final_decisions": {},
         "seconds": {},
@@ -309,6 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=50, help="images per batch")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the attack's tensors)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/robustness_gc.json"))
     parser.add_argument(
         "--plot", type=Path, nargs="+", help="draw these result files into --out (no attack)"

@@ -238,12 +238,12 @@ class AnchoredPngLength:
         """Re-anchor the offsets of ``rows`` (all when None) on images x (len(rows), C, H, W)."""
         with torch.no_grad():
             values = unit_to_pixel_values(x.detach())
-            pixels = torch.clamp(torch.round(values), 0, 255).to(torch.uint8).numpy()
+            pixels = torch.clamp(torch.round(values), 0, 255).to(torch.uint8).cpu().numpy()
             exact = torch.from_numpy(png_code_length_bits(pixels))
-            estimate = self.surrogate.bits(x.detach()).double()
+            estimate = self.surrogate.bits(x.detach()).double().cpu()
         target = slice(None) if rows is None else rows
         self.offset[target] = exact - estimate
 
     def __call__(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         offset = self.offset if rows is None else self.offset[rows]
-        return self.surrogate.bits(x) + offset.to(x.dtype)
+        return self.surrogate.bits(x) + offset.to(device=x.device, dtype=x.dtype)

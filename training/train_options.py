@@ -56,6 +56,11 @@ class TrainOptions(BaseModel):
     image_size: int | None = Field(
         None, gt=0, description="resize an image folder's images to N x N (default: inferred)"
     )
+    init_weights: Path | None = Field(
+        None,
+        description="start from this model artifact's weights (fine-tuning; the architecture "
+        "must be the config's)",
+    )
     device: str = Field("auto", description="auto, cpu or cuda")
     resume: bool = Field(False, description="continue from the checkpoint")
     time_budget_minutes: float | None = Field(

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from training.adversarial import adversarial_ib_loss, pgd_l2
 from training.augment import random_crop, random_hflip
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainingConfig, load_training_config
@@ -37,7 +38,14 @@ from training.evaluate import evaluate_model
 from training.loss import ib_loss
 from training.model_card import write_model_card
 from training.train_options import TrainOptions
-from trustgc.artifact import ModelManifest, build_model, remove_derived, save_model, write_json
+from trustgc.artifact import (
+    ModelManifest,
+    build_model,
+    load_manifest,
+    remove_derived,
+    save_model,
+    write_json,
+)
 from trustgc.config import ModelConfig, load_model_config
 from trustgc.preprocess import dequantize, pixels_to_tensor
 
@@ -98,6 +106,16 @@ def _batch_inputs(pixels: Tensor, config: TrainingConfig, generator: torch.Gener
     return dequantize(pixels, config.dequantization_noise, generator)
 
 
+def _with_adversarials(
+    scorer: nn.Module, x: Tensor, labels: Tensor, config: TrainingConfig, generator
+) -> Tensor:
+    """[x; PGD-L2 adversarials of x] when the config trains adversarially, else x."""
+    if config.adversarial is None:
+        return x
+    wrapped = scorer.module if isinstance(scorer, DistributedDataParallel) else scorer
+    return torch.cat([x, pgd_l2(wrapped.model, x, labels, config.adversarial, generator)])
+
+
 class _Scorer(nn.Module):
     """Wraps the model so that one forward call uses every parameter (what DDP expects)."""
 
@@ -120,14 +138,27 @@ def _training_loss(
         )
         correct = (output.argmax(1) == labels).float().mean()
         return loss, {"loss": loss.detach(), "l_y": loss.detach(), "accuracy": correct}
-    terms = ib_loss(output, labels, config.beta, config.label_smoothing)
+    n = labels.shape[0]
+    if config.adversarial is None:
+        terms = ib_loss(output, labels, config.beta, config.label_smoothing)
+    else:
+        terms = adversarial_ib_loss(
+            output,
+            labels,
+            config.beta,
+            config.adversarial.adversarial_weight,
+            config.label_smoothing,
+        )
+    predicted = output.logits.argmax(1)
     stats = {
         "loss": terms.total.detach(),
         "l_x": terms.l_x.detach(),
         "l_y": terms.l_y.detach(),
-        "accuracy": (output.logits.argmax(1) == labels).float().mean(),
-        "bits_per_dim": output.bits_per_dim().mean().detach(),
+        "accuracy": (predicted[:n] == labels).float().mean(),
+        "bits_per_dim": output.bits_per_dim()[:n].mean().detach(),
     }
+    if config.adversarial is not None:
+        stats["adversarial_accuracy"] = (predicted[n:] == labels).float().mean()
     return terms.total, stats
 
 
@@ -212,6 +243,7 @@ def _train_epoch(
             group["lr"] = _learning_rate(config, progress, steps_per_epoch, state.step)
         index = torch.from_numpy(order[start : start + config.batch_size]).to(context.device)
         x = _batch_inputs(pixels[index], config, generator)
+        x = _with_adversarials(scorer, x, labels[index], config, generator)
         with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=config.amp):
             loss, stats = _training_loss(scorer, x, labels[index], config)
         optimizer.zero_grad(set_to_none=True)
@@ -257,6 +289,20 @@ def _restore(options: TrainOptions, model, optimizer, device) -> _RunState:
         elapsed_seconds=checkpoint["elapsed_seconds"],
         history=checkpoint["history"],
     )
+
+
+def _load_initial_weights(model: nn.Module, config: ModelConfig, source: Path, device) -> None:
+    """Fine-tuning: start from another artifact's weights (same architecture, checked)."""
+    from trustgc.artifact import load_model
+
+    manifest = load_manifest(source)
+    if manifest.config.model_dump(exclude={"name"}) != config.model_dump(exclude={"name"}):
+        raise ValueError(
+            f"--init-weights {source} has another architecture than the config: "
+            "fine-tuning needs the same layers"
+        )
+    loaded, _ = load_model(source, device)
+    model.load_state_dict(loaded.state_dict())
 
 
 def _hardware(device: torch.device) -> str:
@@ -362,6 +408,10 @@ def train(options: TrainOptions) -> dict[str, Any]:
         pixels = pixels_to_tensor(train_part.images).to(context.device)
         labels = torch.from_numpy(train_part.labels).to(context.device)
         model = build_model(model_config).to(context.device)
+        if options.init_weights is not None:
+            _load_initial_weights(model, model_config, options.init_weights, context.device)
+        if config.adversarial is not None and not hasattr(model, "score"):
+            raise ValueError("adversarial training is implemented for IB-INN models only")
         optimizer = _make_optimizer(model, config)
         state = _restore(options, model, optimizer, context.device)
         scorer: nn.Module = _Scorer(model)

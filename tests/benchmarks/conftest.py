@@ -41,3 +41,8 @@ def onnx_vs_torch():
 @pytest.fixture(scope="session")
 def answer_snapshot():
     return load_script("answer_snapshot")
+
+
+@pytest.fixture(scope="session")
+def gpu_serving():
+    return load_script("gpu_serving")

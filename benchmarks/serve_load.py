@@ -296,7 +296,14 @@ def measure_cell(
             if warmup > 0:
                 drive(senders[role], images, concurrency, warmup)
         parts: dict[str, dict] = {
-            role: {"latencies": [], "errors": 0, "elapsed": 0.0, "client": 0.0, "other": 0.0}
+            role: {
+                "latencies": [],
+                "errors": 0,
+                "elapsed": 0.0,
+                "client": 0.0,
+                "other": 0.0,
+                "server": 0.0,
+            }
             for role in roles
         }
         first: dict[str, bytes | None] = {role: None for role in roles}
@@ -306,13 +313,14 @@ def measure_cell(
             outcome, elapsed, client_cpu = drive(
                 senders[role], images, concurrency, duration / segments
             )
-            other = meter.other_cores()
+            other, server = meter.other_cores(), meter.server_cores()
             part = parts[role]
             part["latencies"] += outcome.latencies_ms
             part["errors"] += outcome.errors
             part["elapsed"] += elapsed
             part["client"] += client_cpu * elapsed
             part["other"] += other * elapsed
+            part["server"] += server * elapsed
             first[role] = first[role] or outcome.first_answer
             samples[role] = samples[role] or outcome.error_sample
     finally:
@@ -323,6 +331,8 @@ def measure_cell(
         summary = summarize(part["latencies"], part["errors"], part["elapsed"])
         summary["client_cpu"] = part["client"] / part["elapsed"]
         summary["other_cpu"] = part["other"] / part["elapsed"]
+        summary["server_cpu"] = part["server"] / part["elapsed"]
+        summary["cpu_ms_per_request"] = cpu_ms_per_request(summary)
         summary["load_1min"] = load_average()
         summary["check"] = check_answer(first[role], role)
         if samples[role]:
@@ -331,6 +341,11 @@ def measure_cell(
     cell["ratio"] = ratio(cell["gc"]["throughput"], cell["baseline"]["throughput"])
     if "floor" in cell:
         cell["floor_ratio"] = ratio(cell["gc"]["throughput"], cell["floor"]["throughput"])
+        # What GC / floor would be if both used the machine's cores fully: the floor's CPU per
+        # request over the GC's (server and client alike; the machine's core count cancels).
+        cell["cpu_bound_floor_ratio"] = ratio(
+            cell["floor"]["cpu_ms_per_request"], cell["gc"]["cpu_ms_per_request"]
+        )
     return cell
 
 
@@ -369,24 +384,42 @@ def frontend_tree(pid: int | None) -> list[int]:
 
 
 class CpuMeter:
-    """CPU used by processes other than ``pids`` and this one, from now until ``other_cores``."""
+    """From now on: CPU used by the server processes ``pids`` (``server_cores``) and by
+    everything but them and this process (``other_cores``), in cores (CPU s per wall s)."""
 
     def __init__(self, pids: list[int]) -> None:
+        self.servers = list(pids)
         self.pids = [*pids, os.getpid()]
         self.hz = os.sysconf("SC_CLK_TCK")
         self.started = time.perf_counter()
         self.busy = busy_ticks()
         self.own = {pid: process_ticks(pid) for pid in self.pids}
 
-    def other_cores(self) -> float:
-        elapsed = time.perf_counter() - self.started
-        own = 0
-        for pid, before in self.own.items():
-            after = process_ticks(pid)
+    def _ticks(self, pids: list[int]) -> int:
+        used = 0
+        for pid in pids:
+            before, after = self.own[pid], process_ticks(pid)
             if before is not None and after is not None:
-                own += after - before
-        other = (busy_ticks() - self.busy - own) / self.hz
-        return max(0.0, other / elapsed) if elapsed > 0 else float("nan")
+                used += after - before
+        return used
+
+    def _cores(self, ticks: int) -> float:
+        elapsed = time.perf_counter() - self.started
+        return max(0.0, ticks / self.hz / elapsed) if elapsed > 0 else float("nan")
+
+    def other_cores(self) -> float:
+        return self._cores(busy_ticks() - self.busy - self._ticks(self.pids))
+
+    def server_cores(self) -> float:
+        return self._cores(self._ticks(self.servers))
+
+
+def cpu_ms_per_request(summary: dict) -> float:
+    """Server plus client CPU milliseconds per answered request of one role in one cell."""
+    if not summary["requests"]:
+        return float("nan")
+    cores = summary["server_cpu"] + summary["client_cpu"]
+    return cores * summary["seconds"] / summary["requests"] * 1e3
 
 
 def check_answer(body: bytes | None, role: str) -> str:
@@ -708,8 +741,8 @@ def render_runtimes(result: dict) -> str:
         "",
         "| runtime | protocol | batch | conc. | GC req/s | GC p50 / p99 ms | baseline req/s | "
         "baseline p50 / p99 ms | floor req/s | floor p50 / p99 ms | errors | other CPU | "
-        "GC / floor | GC / baseline |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "CPU ms/req GC / floor | GC / floor | CPU bound | GC / baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in result["cells"]:
         gc, base = cell["gc"], cell["baseline"]
@@ -722,9 +755,19 @@ def render_runtimes(result: dict) -> str:
             f"{gc['p99_ms']:.1f} | {base['throughput']:.1f} | {base['p50_ms']:.1f} / "
             f"{base['p99_ms']:.1f} | {floor.get('throughput', float('nan')):.1f} | "
             f"{floor.get('p50_ms', float('nan')):.1f} / {floor.get('p99_ms', float('nan')):.1f} "
-            f"| {errors} | {other:.2f} | **{cell.get('floor_ratio', float('nan')):.2f}x** | "
-            f"**{cell['ratio']:.2f}x** |"
+            f"| {errors} | {other:.2f} | {gc.get('cpu_ms_per_request', float('nan')):.2f} / "
+            f"{floor.get('cpu_ms_per_request', float('nan')):.2f} | "
+            f"**{cell.get('floor_ratio', float('nan')):.2f}x** | "
+            f"{cell.get('cpu_bound_floor_ratio', float('nan')):.2f}x | **{cell['ratio']:.2f}x** |"
         )
+    lines += [
+        "",
+        "CPU ms/req: server and client CPU per answered request (the client runs on the same "
+        "machine and counts alike for every model). CPU bound: floor CPU ms/req / GC CPU ms/req, "
+        "the GC / floor ratio if both turned every core of the machine into answers; GC / "
+        f"floor >= {FLOOR_TARGET:.1f}x needs the GC's extra CPU per request to be at most the "
+        "floor's whole cost per request.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -178,6 +178,39 @@ def test_cpu_accounting_reads_proc(serve_load) -> None:
     assert os.getpid() in serve_load.frontend_tree(os.getppid())
     meter = serve_load.CpuMeter([])
     assert meter.other_cores() >= 0.0
+    assert meter.server_cores() == 0.0
+
+
+def test_server_cpu_counts_the_server_processes_only(serve_load) -> None:
+    """A child that burns 0.4 s of CPU is the server: the meter sees about 0.4 CPU seconds."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time\n"
+        "sys.stdin.readline()\n"
+        "end = time.process_time() + 0.4\n"
+        "while time.process_time() < end: pass\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.read()\n"  # stay alive (readable in /proc) until the test has measured
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        meter = serve_load.CpuMeter([child.pid])
+        started = time.perf_counter()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        seconds = meter.server_cores() * (time.perf_counter() - started)
+    finally:
+        child.communicate("")
+    assert 0.3 <= seconds <= 0.6
+    summary = {"requests": 100, "seconds": 2.0, "server_cpu": 0.5, "client_cpu": 0.25}
+    assert serve_load.cpu_ms_per_request(summary) == pytest.approx(15.0)
+    assert serve_load.cpu_ms_per_request({**summary, "requests": 0}) != 15.0
 
 
 def test_measure_cell_combines_segments_and_closes_senders(serve_load, monkeypatch) -> None:
@@ -224,10 +257,13 @@ def test_floor_joins_the_segments_and_the_ratios(serve_load, monkeypatch) -> Non
 
     senders = {"gc": sender(0.004), "baseline": sender(0.004), "floor": sender(0.001)}
     cell = serve_load.measure_cell(senders, [b"x"], 1, 0.1, 0.0, 1, lambda: [])
-    assert set(cell) == {"gc", "baseline", "floor", "ratio", "floor_ratio"}
+    assert set(cell) == {"gc", "baseline", "floor", "ratio", "floor_ratio", "cpu_bound_floor_ratio"}
     expected = cell["gc"]["throughput"] / cell["floor"]["throughput"]
     assert cell["floor_ratio"] == pytest.approx(expected)
     assert cell["floor_ratio"] < 1.0  # the no-op floor answers faster
+    expected = cell["floor"]["cpu_ms_per_request"] / cell["gc"]["cpu_ms_per_request"]
+    assert cell["cpu_bound_floor_ratio"] == pytest.approx(expected)
+    assert cell["gc"]["server_cpu"] == 0.0  # no server processes in this test
 
 
 def test_answer_check_reads_oip_answers_and_accepts_the_floor(serve_load) -> None:

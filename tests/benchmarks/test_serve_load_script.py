@@ -211,6 +211,8 @@ def test_server_cpu_counts_the_server_processes_only(serve_load) -> None:
     summary = {"requests": 100, "seconds": 2.0, "server_cpu": 0.5, "client_cpu": 0.25}
     assert serve_load.cpu_ms_per_request(summary) == pytest.approx(15.0)
     assert serve_load.cpu_ms_per_request({**summary, "requests": 0}) != 15.0
+    assert serve_load.gc_cpu_ceiling(2.5, cores=2) == pytest.approx(800.0)
+    assert not np.isfinite(serve_load.gc_cpu_ceiling(float("nan"), cores=2))
 
 
 def test_measure_cell_combines_segments_and_closes_senders(serve_load, monkeypatch) -> None:
@@ -257,12 +259,23 @@ def test_floor_joins_the_segments_and_the_ratios(serve_load, monkeypatch) -> Non
 
     senders = {"gc": sender(0.004), "baseline": sender(0.004), "floor": sender(0.001)}
     cell = serve_load.measure_cell(senders, [b"x"], 1, 0.1, 0.0, 1, lambda: [])
-    assert set(cell) == {"gc", "baseline", "floor", "ratio", "floor_ratio", "cpu_bound_floor_ratio"}
+    assert set(cell) == {
+        "gc",
+        "baseline",
+        "floor",
+        "ratio",
+        "floor_ratio",
+        "cpu_bound_floor_ratio",
+        "gc_cpu_ceiling",
+    }
     expected = cell["gc"]["throughput"] / cell["floor"]["throughput"]
     assert cell["floor_ratio"] == pytest.approx(expected)
     assert cell["floor_ratio"] < 1.0  # the no-op floor answers faster
-    expected = cell["floor"]["cpu_ms_per_request"] / cell["gc"]["cpu_ms_per_request"]
-    assert cell["cpu_bound_floor_ratio"] == pytest.approx(expected)
+    import os
+
+    ceiling = os.cpu_count() * 1e3 / cell["gc"]["cpu_ms_per_request"]
+    assert cell["gc_cpu_ceiling"] == pytest.approx(ceiling)
+    assert cell["cpu_bound_floor_ratio"] == pytest.approx(ceiling / cell["floor"]["throughput"])
     assert cell["gc"]["server_cpu"] == 0.0  # no server processes in this test
 
 

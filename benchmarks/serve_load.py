@@ -447,6 +447,76 @@ def check_answer(body: bytes | None, role: str) -> str:
     return "ok"
 
 
+# ------------------------------------------------------------------- in-process compute
+
+
+def gc_compute(images: list[bytes], batch_sizes: list[int], rounds: int, seconds: float) -> dict:
+    """The served GC's own CPU per image, in this process and before any server starts.
+
+    ``Predictor.score`` at each served batch size with the backend ``auto`` picks, its
+    onnxruntime session at 1 and 2 intra-op threads (torch at 1 thread); decoding the PNG bytes
+    (``serving.decode``) and building and encoding the answer (``build_response``, JSON) per
+    image.  Milliseconds per image, median over ``rounds`` alternating rounds (benchmarks/
+    timing.py).  Two cores at the 1-thread cost bound what any runtime can serve.
+    """
+    import torch
+    from timing import time_rounds
+
+    from serving.decode import decode_image
+    from serving.responses import build_response
+    from trustgc.backend import choose_backend
+    from trustgc.trust.predictor import Predictor
+
+    torch.set_num_threads(1)
+    backend = choose_backend(GC_DIR).backend
+    predictors = {
+        t: Predictor.from_artifact(GC_DIR, backend=backend, onnx_threads=t) for t in (1, 2)
+    }
+    channels, height, width = predictors[1].input_shape
+    largest = max(batch_sizes)
+    sample = [images[i % len(images)] for i in range(largest)]
+    pixels = np.stack([decode_image(data, height, width, channels) for data in sample])
+    manifest = predictors[1].manifest
+    results = predictors[1].predict(pixels)
+
+    def answers() -> list[str]:
+        return [
+            build_response(
+                r, manifest.name, manifest.version, manifest.class_names, 10
+            ).model_dump_json(exclude_none=True)
+            for r in results
+        ]
+
+    calls: dict[str, Callable[[], object]] = {
+        "decode": lambda: [decode_image(data, height, width, channels) for data in sample],
+        "answer": answers,
+    }
+    per_call = {"decode": largest, "answer": largest}
+    for batch in batch_sizes:
+        for threads, predictor in predictors.items():
+            name = f"score batch {batch}, {threads} thread{'s' if threads > 1 else ''}"
+            calls[name] = lambda p=predictor, x=pixels[:batch]: p.score(x, batch_size=len(x))
+            per_call[name] = batch
+    timing = time_rounds(calls, rounds, seconds)
+    return {
+        "backend": backend,
+        "ms_per_image": {name: timing[name] / per_call[name] * 1e3 for name in calls},
+        "load_1min": load_average(),
+    }
+
+
+def render_compute(compute: dict) -> str:
+    """One line per measured quantity, and what two cores at the 1-thread cost would serve."""
+    lines = [f"GC compute in-process ({compute['backend']}, ms per image, load average "
+             f"{compute['load_1min']:.2f}):"]  # fmt: skip
+    for name, ms in compute["ms_per_image"].items():
+        extra = ""
+        if name.startswith("score") and name.endswith("1 thread"):
+            extra = f" (2 cores: {2e3 / ms:.0f} img/s with nothing else running)"
+        lines.append(f"- {name}: {ms:.3f}{extra}")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------ servers
 
 
@@ -708,6 +778,8 @@ def run(args: argparse.Namespace) -> dict:
             baseline_dir = ensure_untrained_baseline(UNTRAINED_BASELINE_DIR)
             print(f"no trained baseline in {BASELINE_DIR}: using {baseline_dir}", flush=True)
     images, source = fashion_png_images(args.images)
+    compute = gc_compute(images, args.batch_sizes, args.compute_rounds, 0.0 if args.quick else 0.2)
+    print(render_compute(compute), flush=True)
     load_before = load_average()
     cells: list[dict] = []
     for runtime in args.runtimes:
@@ -733,6 +805,7 @@ def run(args: argparse.Namespace) -> dict:
         "load_before": load_before,
         "load_after": load_average(),
         "answer_checks": checks,
+        "compute": compute,
         "cells": cells,
     }
 
@@ -810,9 +883,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 s cells")
+    parser.add_argument(
+        "--compute-rounds", type=int, default=5, help="rounds of the in-process GC compute"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.images, args.segments = 1.0, 0.3, 64, 1
+        args.compute_rounds = 1
 
     def _terminate(signum, frame):  # noqa: ARG001 - turn SIGTERM into an exception: finally runs
         raise KeyboardInterrupt
@@ -821,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve_load.json").write_text(json.dumps(result, indent=2))
-    text = render_runtimes(result)
+    text = render_runtimes(result) + "\n" + render_compute(result["compute"])
     (args.out / "serve_load.md").write_text(text)
     print(text)
     print(f"answer checks: {result['answer_checks']}")

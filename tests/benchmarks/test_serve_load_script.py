@@ -308,3 +308,26 @@ def test_render_runtimes_one_row_per_cell(serve_load) -> None:
     text = serve_load.render_runtimes(result)
     rows = [line for line in text.splitlines() if line.startswith("| kserve")]
     assert len(rows) == 1 and "**0.50x**" in rows[0] and "**0.90x**" in rows[0]
+
+
+def test_gc_compute_times_score_decode_and_answer_per_image(serve_load) -> None:
+    from traffic import png_bytes
+
+    rng = np.random.default_rng(0)
+    images = [png_bytes(rng.integers(0, 256, (28, 28), dtype=np.uint8)) for _ in range(3)]
+    compute = serve_load.gc_compute(images, [2, 4], rounds=1, seconds=0.0)
+    assert compute["backend"] == "onnxruntime"  # the shipped artifact's export matches
+    names = set(compute["ms_per_image"])
+    assert names == {
+        "decode",
+        "answer",
+        "score batch 2, 1 thread",
+        "score batch 2, 2 threads",
+        "score batch 4, 1 thread",
+        "score batch 4, 2 threads",
+    }
+    assert all(ms > 0 for ms in compute["ms_per_image"].values())
+    # scoring an image costs more than decoding it or building its answer
+    assert compute["ms_per_image"]["score batch 4, 1 thread"] > compute["ms_per_image"]["decode"]
+    text = serve_load.render_compute(compute)
+    assert text.count("\n- ") == 6 and text.count("img/s with nothing else running") == 2

@@ -103,16 +103,22 @@ def train_background(
     data_root: Path,
     init: Path | None = None,
     minutes: float | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
 ) -> dict:
     """Train the background flow within the config's time budget; write an artifact to ``out``.
 
     ``init`` continues from an earlier background artifact's weights (a second budget on a busy
-    machine); ``minutes`` overrides the config's budget.  Both are recorded in the recipe.
+    machine); ``minutes`` and ``threads`` override the config's; ``device`` runs the steps there (a
+    GPU: the batches are drawn and dequantized on the CPU as before, so the data stream is the
+    CPU run's).  All three are recorded in the recipe.
     """
     raw = load_config_file(config_name)
     options = BackgroundConfig.model_validate(raw["background"])
     if minutes is not None:
         options = options.model_copy(update={"minutes": minutes})
+    if threads is not None:
+        options = options.model_copy(update={"threads": threads})
     model_config = load_model_config(config_name)
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
@@ -123,7 +129,7 @@ def train_background(
     photos = torch.from_numpy(photos[train_index])
     rng = np.random.default_rng(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
-    model = build_model(model_config)
+    model = build_model(model_config).to(device)
     previous = None
     if init is not None:
         loaded, manifest = load_model(init)
@@ -143,8 +149,8 @@ def train_background(
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
         noise = torch.from_numpy(smooth_noise(noise_count, shape, rng))
         pixels = torch.cat([batch, noise])
-        labels = torch.cat([torch.zeros(photo_count), torch.ones(noise_count)]).long()
-        x = dequantize(pixels, options.dequantization_noise, generator)
+        labels = torch.cat([torch.zeros(photo_count), torch.ones(noise_count)]).long().to(device)
+        x = dequantize(pixels, options.dequantization_noise, generator).to(device)
         loss = ib_loss(model.score(x), labels, beta=0.0).total
         if not torch.isfinite(loss):
             raise RuntimeError(f"background training diverged at step {step}")
@@ -156,7 +162,7 @@ def train_background(
         if step % 50 == 0:
             log.append({"step": step, "seconds": round(elapsed, 1), "nll_per_dim": loss.item()})
             print(json.dumps(log[-1]), flush=True)
-    model.eval()
+    model = model.cpu().eval()
     recipe = {
         "dataset": "cifar10 train (served decoding) minus the selection hold-out, + smooth noise",
         "config": config_name,
@@ -165,6 +171,7 @@ def train_background(
         "train_images": int(len(photos)),
         "training_seconds": round(time.monotonic() - start, 1),
         "torch_version": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
         "log": log[-5:],
         "continued_from": previous,
     }
@@ -187,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--init", type=Path, help="continue from this background artifact")
     parser.add_argument("--minutes", type=float, help="override the config's time budget")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, help="override the config's torch threads")
     args = parser.parse_args(argv)
-    recipe = train_background(args.config, args.out, args.data_root, args.init, args.minutes)
+    recipe = train_background(
+        args.config, args.out, args.data_root, args.init, args.minutes, args.device, args.threads
+    )
     print(json.dumps(recipe, indent=2))
     return 0
 

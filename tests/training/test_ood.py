@@ -10,10 +10,12 @@ import pytest
 from PIL import Image
 
 from serving.decode import decode_image
+from training.metrics import roc_auc
 from training.ood import (
     OOD_SETS,
     OodOptions,
     as_png,
+    auc_deficit_by_component,
     make_ood_set,
     parse_ood_dir,
     served_ood_statistic,
@@ -162,3 +164,22 @@ def test_served_statistic_orders_images_as_the_served_p_value() -> None:
     p = calibration.combined[calibration.ood_statistic].reference().p_value(t)
     order = np.argsort(t)
     assert np.all(np.diff(p[order]) <= 0)  # the p-value is a decreasing function of T
+
+
+def test_auc_deficit_is_split_by_the_in_distribution_images_smallest_p() -> None:
+    t_in = np.array([0.0, 1.0, 5.0, 7.0])
+    t_out = np.array([4.0, 6.0, 8.0, 9.0])
+    p_in = {  # image 2's smallest p is a's, image 3's b's; images 0 and 1 outrank nothing
+        "a": np.array([0.5, 0.5, 0.001, 0.2]),
+        "b": np.array([0.4, 0.3, 0.1, 0.0001]),
+    }
+    report = auc_deficit_by_component(t_in, t_out, p_in)
+    # image 2 outranks 1 of 4 OoD images, image 3 outranks 2: 1 - AUC = (0.25 + 0.5) / 4
+    auc = roc_auc(t_in, t_out)
+    deficit = report["deficit_percent_by_component"]
+    assert deficit == pytest.approx({"a": 100 * 0.25 / 4, "b": 100 * 0.5 / 4})
+    assert sum(deficit.values()) == pytest.approx(100 * (1 - auc))
+    assert report["in_distribution_ranked_above"] == 2
+    assert report["t_out_median"] == 7.0 and report["t_in_max"] == 7.0
+    ties = auc_deficit_by_component(np.array([4.0]), np.array([4.0, 5.0]), {"a": np.array([0.1])})
+    assert ties["deficit_percent_by_component"]["a"] == pytest.approx(25.0)  # a tie counts half

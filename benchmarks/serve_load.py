@@ -26,6 +26,11 @@ segments that alternate GC and baseline (ABBA), so that load from other jobs hit
 Reports throughput, latency percentiles, errors, the client's own CPU use (it shares the
 machine), the CPU other jobs used meanwhile, and the ratio GC / baseline throughput.  Writes JSON
 and a markdown table.
+
+Also the CPU that the server processes and the client spent per answered request, and from it
+the GC's CPU ceiling (all cores at that cost) over the floor's throughput: the most GC / floor
+can be on this machine.  Before any server starts, the GC's compute per image in-process
+(:func:`gc_compute`).
 """
 
 from __future__ import annotations

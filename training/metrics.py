@@ -196,3 +196,25 @@ def binomial_interval(n: int, p: float, confidence: float = 0.99) -> tuple[float
         return float(lo_k / n), float(hi_k / n)
     half = NormalDist().inv_cdf(1.0 - alpha) * float(np.sqrt(p * (1.0 - p) / n))
     return max(0.0, p - half), min(1.0, p + half)
+
+
+def conformal_rejection_interval(
+    m: int, n: int, alpha: float, side: str, confidence: float = 0.99
+) -> tuple[int, int, int]:
+    """(a, low, high): the interval for how many of m fresh in-distribution images a conformal
+    p-value against a reference of n scores rejects at p < alpha.
+
+    Given the reference, P(p < alpha) is Beta(a, n + 1 - a) with a / (n + 1) the largest
+    reachable level below alpha (for the two-sided test, the two tails of a / 2 each), so the
+    count is Beta-Binomial(m, a, n + 1 - a): wider than Binomial(m, alpha) when n is not much
+    larger than m, since it carries the reference's sampling noise too.
+    """
+    from scipy import stats
+
+    if side == "two_sided":  # p = min(1, 2 j / (n + 1)) < alpha  <=>  j < alpha (n + 1) / 2
+        a = 2 * (int(np.ceil(alpha * (n + 1) / 2)) - 1)
+    else:  # (1 + count) / (n + 1) < alpha
+        a = int(np.ceil(alpha * (n + 1))) - 1
+    law = stats.betabinom(m, a, n + 1 - a)
+    tail = (1.0 - confidence) / 2.0
+    return a, int(law.ppf(tail)), int(law.isf(tail))

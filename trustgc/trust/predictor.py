@@ -28,9 +28,11 @@ from torch import nn
 
 from trustgc.artifact import ModelManifest, load_model
 from trustgc.background import check_background_weights, load_background, onnx_background
-from trustgc.inference import ModelOutputs, model_outputs
+from trustgc.inference import ModelOutputs, latent_scores, model_outputs
+from trustgc.preprocess import pixels_to_unit
 from trustgc.scoring import bits_per_dim
 from trustgc.trust.calibration import Calibration, check_against_registry, load_calibration
+from trustgc.trust.smoothing import Certificate, certify
 from trustgc.trust.statistics import COMBINATIONS, STATISTICS, compute_statistics
 from trustgc.trust.table import Decision, ScoreTable, decide
 
@@ -282,6 +284,38 @@ class Predictor:
         explanations = self._explanations(outputs, wants) if keep else {}
         rejected_by = table.rejected_by  # a property over the whole batch: computed once here
         return [_row(table, i, explanations.get(i), rejected_by[i]) for i in range(len(table))]
+
+    def certify(
+        self,
+        pixels: np.ndarray,
+        sigma: float = 0.25,
+        n: int = 1000,
+        n0: int = 100,
+        alpha: float = 0.001,
+        seed: int = 0,
+    ) -> list[Certificate]:
+        """Randomized-smoothing certificates of uint8 images (B, C, H, W): the smoothed
+        label and the L2 radius it is certified in (:mod:`trustgc.trust.smoothing`).  Costs
+        n0 + n forward passes of f per image; the OoD and attack decisions are not certified."""
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"expected uint8 images of shape (B, {self.input_shape}), got "
+                f"{pixels.dtype} {pixels.shape}"
+            )
+
+        def labels_of(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                if self.is_generative:
+                    return latent_scores(self.model, x).logits.argmax(1)
+                return self.model(x).argmax(1)
+
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        images = pixels_to_unit(torch.from_numpy(pixels)).to(self.device)
+        num_classes = self.manifest.config.num_classes
+        return [
+            certify(labels_of, image, num_classes, sigma, n, n0, alpha, generator=generator)
+            for image in images
+        ]
 
     def _explanations(self, outputs, wants: list[bool]) -> dict[int, dict[str, Any]]:
         """Heatmaps and decision-space coordinates for the images that asked for them."""

@@ -41,7 +41,15 @@ from serving.schema import error_response
 from trustgc.backend import choose_backend
 from trustgc.trust.predictor import Predictor
 
-__all__ = ["OUTPUT_FORMATS", "OfflineScorer", "collect_files", "resolve_out", "score_files"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "CertifyOptions",
+    "OfflineScorer",
+    "certificate_fields",
+    "collect_files",
+    "resolve_out",
+    "score_files",
+]
 
 OUTPUT_FORMATS = (".jsonl", ".csv")
 #: The results file written inside an ``--out`` directory.
@@ -57,6 +65,8 @@ CSV_COLUMNS = (
     "attack_p_value",
     "attack_alpha",
     "bits_per_dim",
+    "certified_label",
+    "certified_radius",
     "error_code",
     "error_message",
 )
@@ -167,6 +177,53 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
         "attack_p_value": row["attack"]["p_value"],
         "attack_alpha": row["attack"]["alpha"],
         "bits_per_dim": row["log_likelihood"]["bits_per_dim"],
+        **(
+            {
+                "certified_label": row["certificate"]["label"],
+                "certified_radius": row["certificate"]["radius"],
+            }
+            if "certificate" in row
+            else {}
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class CertifyOptions:
+    """``trustgc score --certify N``: randomized-smoothing certificates (trustgc.trust.smoothing)
+    beside the served answers; N noisy copies per image (plus 100 to pick the class)."""
+
+    n: int
+    sigma: float = 0.25
+    alpha: float = 0.001
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n <= 100_000 or self.sigma <= 0 or not 0 < self.alpha < 1:
+            raise ValueError(
+                f"--certify needs 1 <= N <= 100000, --sigma > 0 and 0 < alpha < 1, got "
+                f"{self.n}, {self.sigma}, {self.alpha}"
+            )
+
+
+def certificate_fields(
+    predictor: Predictor, pixels: np.ndarray, served_label: str, options: CertifyOptions
+) -> dict[str, Any]:
+    """One image's certificate as a JSON object: the smoothed label (null: abstained), its
+    certified L2 radius in [0, 1] pixel units, and whether it agrees with the served label."""
+    (certificate,) = predictor.certify(
+        pixels[None], sigma=options.sigma, n=options.n, alpha=options.alpha
+    )
+    label = None if certificate.abstained else predictor.class_names[certificate.predicted_index]
+    return {
+        "method": "randomized_smoothing",
+        "label": label,
+        "radius": certificate.radius,
+        "p_lower": certificate.p_lower,
+        "agrees_with_prediction": label == served_label,
+        "sigma": certificate.sigma,
+        "n": certificate.n,
+        "n0": certificate.n0,
+        "alpha": certificate.alpha,
     }
 
 
@@ -196,6 +253,7 @@ def score_files(
     progress: bool = True,
     top_k: int | None = None,
     explain: bool = False,
+    certify: CertifyOptions | None = None,
 ) -> dict[str, int]:
     """Score every file under ``inputs`` into ``out`` (see :func:`resolve_out`); counts of rows
     and errors, and with ``explain`` of pictures (one per scored image)."""
@@ -221,6 +279,9 @@ def score_files(
         if writer:
             writer.writeheader()
         for index, (row, pixels) in enumerate(scorer.score_with_pixels(files, batch_size, explain)):
+            if certify is not None and pixels is not None:
+                label = row["prediction"]["label"]
+                row["certificate"] = certificate_fields(scorer.predictor, pixels, label, certify)
             if writer:
                 writer.writerow(_csv_row(row))
             else:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from serving.decode import DecodeLimits, decode_image
 from serving.offline import CSV_COLUMNS, collect_files, score_files
 from serving.pictures import file_pixels, picture_paths
 from serving.schema import ClassificationResponse, ErrorResponse
@@ -25,6 +26,7 @@ from trustgc.artifact import ModelManifest, build_model, load_model, save_model
 from trustgc.config import load_model_config
 from trustgc.plots import EXPLANATION_PIXELS
 from trustgc.trust.calibration import fit_calibration, save_calibration
+from trustgc.trust.predictor import Predictor
 from trustgc_cli.main import main
 
 
@@ -117,6 +119,55 @@ def test_cli(artifact, images, tmp_path, capsys) -> None:
     assert main(["score", str(images), "--model", str(artifact), "--out", "x.txt"]) == 2
     assert ".jsonl or .csv" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "none"), "--model", str(artifact), "--out", str(out)]) == 0
+
+
+def test_certify_adds_a_certificate_per_scored_image(artifact, images, tmp_path, capsys) -> None:
+    """``--certify N``: every decoded image's row gets the smoothed label and radius, error rows
+    none; the certificate equals Predictor.certify on the same pixels (same seed)."""
+    out = tmp_path / "certified.jsonl"
+    argv = ["score", str(images), "--model", str(artifact), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--certify", "200", "--sigma", "0.1"]) == 0
+    rows = [json.loads(line) for line in out.open()]
+    scored = [row for row in rows if "error" not in row]
+    assert len(scored) == 8 and all("certificate" not in r for r in rows if "error" in r)
+    predictor = Predictor.from_artifact(artifact)
+    for row in scored:
+        certificate = row["certificate"]
+        assert certificate["method"] == "randomized_smoothing"
+        assert certificate["n"] == 200 and certificate["sigma"] == 0.1
+        pixels = decode_image(Path(row["file"]).read_bytes(), 8, 8, 1, DecodeLimits())
+        (expected,) = predictor.certify(pixels[None], sigma=0.1, n=200)
+        assert certificate["radius"] == pytest.approx(expected.radius)
+        assert certificate["p_lower"] == pytest.approx(expected.p_lower)
+        if certificate["label"] is None:
+            assert certificate["radius"] == 0.0 and expected.abstained
+        else:
+            assert certificate["label"] == "abcd"[expected.predicted_index]
+            assert certificate["agrees_with_prediction"] == (
+                certificate["label"] == row["prediction"]["label"]
+            )
+    csv_out = tmp_path / "certified.csv"
+    assert (
+        main(
+            [
+                "score",
+                str(images),
+                "--model",
+                str(artifact),
+                "--out",
+                str(csv_out),
+                "--no-progress",
+                "--certify",
+                "50",
+            ]
+        )
+        == 0
+    )
+    table = list(csv.DictReader(csv_out.open()))
+    assert sum(bool(line["certified_radius"]) for line in table) == 8
+    assert main([*argv, "--certify", "0"]) == 0  # 0: off
+    assert main([*argv, "--certify", "10", "--sigma", "-1"]) == 2
+    assert "--sigma > 0" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ explanation pictures

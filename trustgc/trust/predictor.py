@@ -310,7 +310,7 @@ class Predictor:
                 return self.model(x).argmax(1)
 
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        images = pixels_to_unit(torch.from_numpy(pixels)).to(self.device)
+        images = pixels_to_unit(torch.from_numpy(pixels.copy())).to(self.device)
         num_classes = self.manifest.config.num_classes
         return [
             certify(labels_of, image, num_classes, sigma, n, n0, alpha, generator=generator)

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import training.background as background_module
 from training.background import selection_split, train_background
@@ -71,7 +70,6 @@ def test_training_records_overrides_and_keeps_the_hold_out(tiny_config, tmp_path
     model, manifest = load_model(out)
     assert manifest.class_names == ("photo", "noise")
     assert all(p.device.type == "cpu" for p in model.parameters())
-    assert torch.get_num_threads() == 1
 
 
 def test_selection_report_has_the_background_fit():

@@ -7,8 +7,9 @@
 # .carry/fashion-mnist and pydantic's wheels in .whl (docs/attacks_adaptive.md says how).
 # Every training run starts from the shipped weights (model_store/fashion_mnist) and gets the
 # same wall-clock budget; its LR schedule ends with the budget.  The model to ship is chosen by
-# training/scripts/select_robust.py (a rule on the calibration split, fixed in advance); the
-# attack suite runs on every run and selects nothing.
+# training/scripts/select_robust.py on the calibration split (held-out clean and PGD accuracy;
+# its docstring says how the rule was revised after the first call); the attack suite runs on
+# every run and selects nothing.  docs/attacks_adaptive.md has the results of the call.
 set -uo pipefail
 TRAIN_MINUTES=${TRAIN_MINUTES:-3.5}
 ATTACK_SECONDS=${ATTACK_SECONDS:-170}

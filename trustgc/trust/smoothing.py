@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
 
 __all__ = ["Certificate", "certify", "clopper_pearson_lower", "count_noisy_labels"]
@@ -55,6 +54,8 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
         raise ValueError(f"need 0 <= successes <= trials >= 1, got {successes} of {trials}")
     if successes == 0:
         return 0.0
+    from scipy import stats  # lazily: the predictor imports this module, few callers certify
+
     return float(stats.beta.ppf(alpha, successes, trials - successes + 1))
 
 
@@ -102,5 +103,7 @@ def certify(
     p_lower = clopper_pearson_lower(int(estimation[candidate]), n, alpha)
     if p_lower <= 0.5:
         return Certificate(None, 0.0, p_lower, sigma, n, n0, alpha)
+    from scipy import stats
+
     radius = float(sigma * stats.norm.ppf(p_lower))
     return Certificate(candidate, radius, p_lower, sigma, n, n0, alpha)

@@ -42,6 +42,7 @@ from trustgc.artifact import (
     ModelManifest,
     build_model,
     load_manifest,
+    load_model,
     remove_derived,
     save_model,
     write_json,
@@ -293,8 +294,6 @@ def _restore(options: TrainOptions, model, optimizer, device) -> _RunState:
 
 def _load_initial_weights(model: nn.Module, config: ModelConfig, source: Path, device) -> None:
     """Fine-tuning: start from another artifact's weights (same architecture, checked)."""
-    from trustgc.artifact import load_model
-
     manifest = load_manifest(source)
     if manifest.config.model_dump(exclude={"name"}) != config.model_dump(exclude={"name"}):
         raise ValueError(

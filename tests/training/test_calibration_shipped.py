@@ -15,17 +15,15 @@ The statistics of all 10,000 test images are computed once per module (tens of s
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from training.calibrate import dataset_statistics
 from training.data import load_dataset
 from training.data_root import DataMissingError, data_root, require
-from training.metrics import binomial_interval, roc_auc
+from training.metrics import binomial_interval, conformal_rejection_interval, roc_auc
 from training.ood import make_ood_set
 from trustgc.preprocess import pixels_to_tensor
 from trustgc.trust.calibration import CALIBRATION_FILE
@@ -48,20 +46,6 @@ pytestmark = [
     ),
     pytest.mark.usefixtures("one_thread"),
 ]
-
-
-def _null_level(n: int, alpha: float, side: str) -> int:
-    """a such that P(p < alpha | reference) ~ Beta(a, n + 1 - a) for continuous scores."""
-    if side == "two_sided":  # p = min(1, 2 j / (n + 1)) < alpha  <=>  j < alpha (n + 1) / 2
-        return 2 * (math.ceil(alpha * (n + 1) / 2) - 1)
-    return math.ceil(alpha * (n + 1)) - 1  # (1 + count) / (n + 1) < alpha
-
-
-def _beta_binomial_interval(m: int, n: int, alpha: float, side: str) -> tuple[int, int, int]:
-    a = _null_level(n, alpha, side)
-    law = stats.betabinom(m, a, n + 1 - a)
-    tail = (1.0 - CONFIDENCE) / 2.0
-    return a, int(law.ppf(tail)), int(law.isf(tail))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +93,7 @@ def test_p_values_are_calibrated_on_the_test_set(predictor, in_distribution) -> 
         assert m == 10_000 and np.all((values > 0) & (values <= 1))
         for alpha in ALPHAS:
             count = int(np.sum(values < alpha))  # the production rule rejects p < alpha
-            a, low, high = _beta_binomial_interval(m, n, alpha, side)
+            a, low, high = conformal_rejection_interval(m, n, alpha, side, CONFIDENCE)
             binomial_low, binomial_high = binomial_interval(m, alpha, CONFIDENCE)
             inside = low <= count <= high
             rows.append(

@@ -27,7 +27,6 @@ Prints a markdown table last.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -39,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
@@ -48,7 +46,7 @@ from serving.decode import decode_image  # noqa: E402
 from serving.responses import build_response  # noqa: E402
 from trustgc.inference import model_outputs  # noqa: E402
 from trustgc.trust.predictor import Predictor  # noqa: E402
-from trustgc.trust.statistics import compute_statistics  # noqa: E402
+from trustgc.trust.statistics import compute_statistics, png_encode  # noqa: E402
 
 GPU_BATCHES = (1, 8, 32, 128, 512, 2048, 8192)
 CPU_BATCH = 64
@@ -96,13 +94,7 @@ def sample_images(count: int, shape: tuple[int, int, int], seed: int = 0) -> np.
 
 def png_bytes(images: np.ndarray) -> list[bytes]:
     """Each (C, H, W) uint8 image as PNG bytes (grayscale for C=1, RGB for C=3)."""
-    out = []
-    for image in images:
-        array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
+    return [png_encode(image) for image in images]
 
 
 def devices_of(predictor: Predictor) -> list[str]:

@@ -17,13 +17,11 @@ interval.
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from training.data import load_dataset, load_recorded
@@ -31,7 +29,7 @@ from training.metrics import accuracy, binomial_interval, roc_auc
 from training.served_sets import decode_files, folder_bytes, served_cifar10
 from trustgc.trust.calibration import Calibration
 from trustgc.trust.predictor import Predictor
-from trustgc.trust.statistics import COMBINATIONS
+from trustgc.trust.statistics import COMBINATIONS, png_encode
 from trustgc.trust.table import Decision, ScoreTable
 
 __all__ = [
@@ -87,13 +85,7 @@ def _default_data_root() -> Path:
 
 def as_png(images: np.ndarray) -> list[bytes]:
     """uint8 (N, C, H, W) -> one PNG file's bytes per image (what a user would upload)."""
-    files = []
-    for image in images:
-        array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-        files.append(buffer.getvalue())
-    return files
+    return [png_encode(image) for image in images]
 
 
 def _sample(count: int, limit: int, rng: np.random.Generator) -> np.ndarray:

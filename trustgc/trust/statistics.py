@@ -82,17 +82,20 @@ __all__ = [
 PNG_LENGTH_SURROGATE = "png_length"
 
 
+def png_encode(image: np.ndarray) -> bytes:
+    """One uint8 image (C, H, W), C in {1, 3}, as PNG file bytes (grayscale or RGB), encoded as
+    Pillow does by default: the encoding whose length the complexity statistics measure."""
+    array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def png_code_length_bits(pixels: np.ndarray) -> np.ndarray:
     """PNG size in bits of each uint8 image (N, C, H, W), C in {1, 3}: L(x) of Serra et al."""
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 (N, 1|3, H, W), got {pixels.dtype} {pixels.shape}")
-    lengths = np.empty(pixels.shape[0], dtype=np.float64)
-    for index, image in enumerate(pixels):
-        array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-        buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-        lengths[index] = 8.0 * buffer.tell()
-    return lengths
+    return np.array([8.0 * len(png_encode(image)) for image in pixels], dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------ declarations

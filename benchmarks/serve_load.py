@@ -179,12 +179,18 @@ def render(result: dict) -> str:
 class RestSender:
     """One keep-alive HTTP session per thread; a request is OK when the answer is 200."""
 
+    content_type = "application/octet-stream"
+
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url
-        self.headers = {"Content-Type": "application/octet-stream"}
+        self.headers = {"Content-Type": self.content_type}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         self.local = threading.local()
+
+    def body(self, image: bytes) -> bytes:
+        """What is posted for ``image``: the raw file bytes."""
+        return image
 
     def __call__(self, image: bytes) -> tuple[bool, bytes]:
         import requests
@@ -192,7 +198,7 @@ class RestSender:
         session = getattr(self.local, "session", None)
         if session is None:
             session = self.local.session = requests.Session()
-        answer = session.post(self.url, data=image, headers=self.headers, timeout=60)
+        answer = session.post(self.url, data=self.body(image), headers=self.headers, timeout=60)
         return answer.status_code == 200, answer.content
 
     def close(self) -> None:
@@ -671,28 +677,17 @@ def run_torchserve(args: argparse.Namespace, images: list[bytes], baseline_dir: 
         print(f"TorchServe stopped (logs in {server.log_dir})", flush=True)
 
 
-class OipRestSender:
+class OipRestSender(RestSender):
     """OIP REST: the image as base64 in a JSON BYTES tensor (bodies prepared once per image)."""
 
+    content_type = "application/json"
+
     def __init__(self, url: str, token: str | None, images: list[bytes]) -> None:
-        self.url = url
-        self.headers = {"Content-Type": "application/json"}
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
+        super().__init__(url, token)
         self.bodies = {image: json.dumps(rest_infer_body([image])).encode() for image in images}
-        self.local = threading.local()
 
-    def __call__(self, image: bytes) -> tuple[bool, bytes]:
-        import requests
-
-        session = getattr(self.local, "session", None)
-        if session is None:
-            session = self.local.session = requests.Session()
-        answer = session.post(self.url, data=self.bodies[image], headers=self.headers, timeout=60)
-        return answer.status_code == 200, answer.content
-
-    def close(self) -> None:
-        pass
+    def body(self, image: bytes) -> bytes:
+        return self.bodies[image]
 
 
 class OipGrpcSender:

@@ -43,6 +43,7 @@ from torch import Tensor
 from training.attacks import bin_centres, quantize_unit, random_targets, target_margin
 from training.surrogates import AnchoredPngLength, PngSurrogate
 from trustgc.inference import latent_scores
+from trustgc.preprocess import pixels_to_unit
 from trustgc.scoring import LatentScores
 from trustgc.trust import Predictor
 from trustgc.trust.calibration import Calibration
@@ -198,7 +199,7 @@ def run_mode(
     model = predictor.model
     generative = predictor.is_generative
     device = predictor.device
-    clean = ((torch.from_numpy(pixels).float() + 0.5) / 256.0).to(device)
+    clean = pixels_to_unit(torch.from_numpy(pixels)).to(device)
     n = clean.shape[0]
     targets = torch.from_numpy(choose_targets(predictor, pixels, labels, mode.target, seed))
     targets = targets.to(device)

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from training.attack_options import DETECT_STATISTICS
+from trustgc.preprocess import pixels_to_unit
 from trustgc.scoring import LatentScores
 from trustgc.trust.calibration import Calibration
 from trustgc.trust.statistics import STATISTICS, surrogate_of, torch_form_of
@@ -230,7 +231,7 @@ def quantize_unit(x: Tensor) -> Tensor:
 
 def bin_centres(x: Tensor) -> Tensor:
     """The 8-bit image nearest to x, back in [0, 1]: pixels_to_unit(quantize_unit(x))."""
-    return (quantize_unit(x).float() + 0.5) / 256.0
+    return pixels_to_unit(quantize_unit(x))
 
 
 def _evaluate(logits_fn: LogitsFn, x_adv: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import spearmanr
 from torch import Tensor
 
+from trustgc.preprocess import pixels_to_unit
 from trustgc.trust.statistics import png_code_length_bits
 
 __all__ = [
@@ -156,7 +157,7 @@ class PngSurrogate(BaseModel):
 
 
 def _unit(pixels: np.ndarray) -> Tensor:
-    return (torch.from_numpy(pixels).float() + 0.5) / 256.0
+    return pixels_to_unit(torch.from_numpy(pixels))
 
 
 def fit_png_surrogate(pixels: np.ndarray, tau: float = 0.3) -> PngSurrogate:

@@ -36,6 +36,7 @@ from training.config import AdversarialConfig  # noqa: E402
 from training.data import load_recorded, split_calibration  # noqa: E402
 from trustgc.artifact import load_model  # noqa: E402
 from trustgc.inference import model_outputs  # noqa: E402
+from trustgc.preprocess import pixels_to_unit  # noqa: E402
 
 
 def held_out_scores(run: Path, device: str, attack: AdversarialConfig, n_attacked: int) -> dict:
@@ -50,7 +51,7 @@ def held_out_scores(run: Path, device: str, attack: AdversarialConfig, n_attacke
     pixels = torch.from_numpy(np.ascontiguousarray(calibration.images.transpose(0, 3, 1, 2)))
     outputs = model_outputs(model, pixels, 500, device)
     clean = float(np.mean(outputs.probabilities.argmax(1) == calibration.labels))
-    x = ((pixels[:n_attacked].float() + 0.5) / 256.0).to(device)
+    x = pixels_to_unit(pixels[:n_attacked]).to(device)
     labels = torch.from_numpy(calibration.labels[:n_attacked]).long().to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     correct = 0

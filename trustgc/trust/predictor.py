@@ -204,14 +204,18 @@ class Predictor:
         """
         return self._score(pixels, batch_size, keep_latents=False)[0]
 
-    def _score(
-        self, pixels: np.ndarray, batch_size: int, keep_latents: bool
-    ) -> tuple[ScoreTable, ModelOutputs]:
+    def _check_pixels(self, pixels: np.ndarray) -> None:
+        """Refuse anything but uint8 images (B, C, H, W) in the model's input shape."""
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
             raise ValueError(
                 f"expected uint8 images of shape (B, {self.input_shape}), got "
                 f"{pixels.dtype} {pixels.shape}"
             )
+
+    def _score(
+        self, pixels: np.ndarray, batch_size: int, keep_latents: bool
+    ) -> tuple[ScoreTable, ModelOutputs]:
+        self._check_pixels(pixels)
         outputs = model_outputs(
             self.model,
             torch.from_numpy(pixels),
@@ -297,11 +301,7 @@ class Predictor:
         """Randomized-smoothing certificates of uint8 images (B, C, H, W): the smoothed
         label and the L2 radius it is certified in (:mod:`trustgc.trust.smoothing`).  Costs
         n0 + n forward passes of f per image; the OoD and attack decisions are not certified."""
-        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
-            raise ValueError(
-                f"expected uint8 images of shape (B, {self.input_shape}), got "
-                f"{pixels.dtype} {pixels.shape}"
-            )
+        self._check_pixels(pixels)
 
         def labels_of(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():

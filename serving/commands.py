@@ -290,7 +290,7 @@ def add_score(commands: Subparsers) -> None:
 def run_score(args: argparse.Namespace) -> int:
     from serving.offline import CertifyOptions, resolve_out, score_files
 
-    certify = CertifyOptions(args.certify, args.sigma) if args.certify else None
+    certify = CertifyOptions(n=args.certify, sigma=args.sigma) if args.certify else None
     counts = score_files(
         args.inputs,
         args.model,

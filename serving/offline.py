@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, model_validator
 from tqdm import tqdm
 
 from serving import paths
@@ -188,21 +189,24 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class CertifyOptions:
+class CertifyOptions(BaseModel):
     """``trustgc score --certify N``: randomized-smoothing certificates (trustgc.trust.smoothing)
     beside the served answers; N noisy copies per image (plus 100 to pick the class)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     n: int
     sigma: float = 0.25
     alpha: float = 0.001
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _in_range(self) -> CertifyOptions:
         if not 1 <= self.n <= 100_000 or self.sigma <= 0 or not 0 < self.alpha < 1:
             raise ValueError(
                 f"--certify needs 1 <= N <= 100000, --sigma > 0 and 0 < alpha < 1, got "
                 f"{self.n}, {self.sigma}, {self.alpha}"
             )
+        return self
 
 
 def certificate_fields(

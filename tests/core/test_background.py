@@ -60,6 +60,19 @@ def _calibrate(model, background, pixels) -> object:
     return fit_calibration(a, b, ood_alpha=0.05, attack_alpha=0.05)
 
 
+def _save_calibrated_artifact(directory, model, background) -> None:
+    """An artifact with its background/ folder and a calibration that records the background's
+    weights hash, as `trustgc calibrate` writes it."""
+    from trustgc.artifact import weights_sha256
+
+    save_model(directory, model, _manifest(model, "tiny", tuple("abcd")))
+    save_model(directory / BACKGROUND_DIR, background, _manifest(background, "bg", ("p", "n")))
+    calibration = _calibrate(model, background, _pixels(1600, seed=0))
+    digest = weights_sha256(directory / BACKGROUND_DIR)
+    split = {**calibration.split, "background_weights_sha256": digest}
+    save_calibration(directory, calibration.model_copy(update={"split": split}))
+
+
 def test_ratio_is_the_log_likelihood_difference_per_dimension(model, background) -> None:
     pixels = _pixels(50, seed=3)
     outputs = model_outputs(model, torch.from_numpy(pixels), background=background)
@@ -117,14 +130,7 @@ def test_predictor_serves_the_ratio_and_names_the_rejecting_component(model, bac
 def test_artifact_loads_its_background_and_checks_its_weights(
     tmp_path, model, background, make_flow
 ):
-    save_model(tmp_path, model, _manifest(model, "tiny", tuple("abcd")))
-    save_model(tmp_path / BACKGROUND_DIR, background, _manifest(background, "bg", ("p", "n")))
-    calibration = _calibrate(model, background, _pixels(1600, seed=0))
-    from trustgc.artifact import weights_sha256
-
-    digest = weights_sha256(tmp_path / BACKGROUND_DIR)
-    split = {**calibration.split, "background_weights_sha256": digest}
-    save_calibration(tmp_path, calibration.model_copy(update={"split": split}))
+    _save_calibrated_artifact(tmp_path, model, background)
     predictor = Predictor.from_artifact(tmp_path)
     assert predictor.background is not None
     fresh = _pixels(30, seed=7)
@@ -156,15 +162,9 @@ def test_a_background_of_another_input_size_is_refused(tmp_path, model) -> None:
 def test_onnxruntime_backend_runs_the_exported_background(tmp_path, model, background) -> None:
     """With backend onnxruntime and background/model.onnx present, the background flow runs in
     ONNX Runtime too; the ratio agrees with torch to float32 noise."""
-    from trustgc.artifact import weights_sha256
     from trustgc.onnx_backend import OnnxFlow, export_artifact
 
-    save_model(tmp_path, model, _manifest(model, "tiny", tuple("abcd")))
-    save_model(tmp_path / BACKGROUND_DIR, background, _manifest(background, "bg", ("p", "n")))
-    calibration = _calibrate(model, background, _pixels(1600, seed=0))
-    digest = weights_sha256(tmp_path / BACKGROUND_DIR)
-    split = {**calibration.split, "background_weights_sha256": digest}
-    save_calibration(tmp_path, calibration.model_copy(update={"split": split}))
+    _save_calibrated_artifact(tmp_path, model, background)
     export_artifact(tmp_path, exporter="torchscript")
     torch_predictor = Predictor.from_artifact(tmp_path, backend="onnxruntime")
     assert not isinstance(torch_predictor.background, OnnxFlow)  # no export of it yet

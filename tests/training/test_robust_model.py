@@ -41,6 +41,12 @@ def predictor() -> Predictor:
 
 
 @pytest.fixture(scope="module")
+def onnx_predictor() -> Predictor:
+    """The backend the servers pick for this artifact (checked in the parity test)."""
+    return Predictor.from_artifact(MODEL_DIR, backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
 def test_images(data_set_dir) -> np.ndarray:
     return load_dataset("fashion_mnist", "test", data_set_dir("fashion_mnist")).images
 
@@ -79,21 +85,23 @@ def test_the_documented_attack_result_was_measured_on_this_calibration() -> None
     assert set(result["l2"]) == modes
 
 
-def test_onnx_export_decides_like_torch(predictor, test_images) -> None:
+def test_onnx_export_decides_like_torch(predictor, onnx_predictor, test_images) -> None:
     assert choose_backend(MODEL_DIR).backend == "onnxruntime"  # what the servers pick
-    onnx = Predictor.from_artifact(MODEL_DIR, backend="onnxruntime")
+    onnx = onnx_predictor
     pixels = test_images[:200].transpose(0, 3, 1, 2)
     a, b = predictor.score(pixels), onnx.score(pixels)
     assert np.array_equal(a.predicted_index, b.predicted_index)
     assert np.array_equal(a.decisions, b.decisions)
 
 
-def test_certified_radius_holds_under_sampled_perturbations(predictor, test_images) -> None:
+def test_certified_radius_holds_under_sampled_perturbations(
+    predictor, onnx_predictor, test_images
+) -> None:
     """Monte-Carlo ground truth for ``certify``: at distance R / 2 from a certified image (a
     random direction, and the direction that lowers the certified class's margin fastest),
     the smoothed label is still the certified one, and the share of noisy copies labelled with
     it does not contradict Cohen et al.'s bound Phi(Phi^-1(p_lower) - ||d|| / sigma)."""
-    onnx = Predictor.from_artifact(MODEL_DIR, backend="onnxruntime")
+    onnx = onnx_predictor
     pixels = np.ascontiguousarray(test_images[:4].transpose(0, 3, 1, 2))
     sigma = 0.25
     certificates = onnx.certify(pixels, sigma=sigma, n=1000, n0=100, alpha=0.001, seed=0)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
@@ -52,6 +53,7 @@ from timing import paired_ratio, time_rounds_raw  # noqa: E402
 
 from training.data import load_dataset, load_recorded, split_calibration  # noqa: E402
 from training.data_root import data_root  # noqa: E402
+from training.metrics import roc_auc  # noqa: E402
 from training.served_sets import served_cifar10  # noqa: E402
 from trustgc.artifact import load_model  # noqa: E402
 from trustgc.onnx_backend import INPUT_NAME, OnnxFlow, checked_onnx_path  # noqa: E402
@@ -221,11 +223,6 @@ def score_all(flows, images: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    rank_a, rank_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(rank_a, rank_b)[0, 1])
-
-
 def compare(reference: dict, other: dict, labels: np.ndarray) -> dict[str, float]:
     """How far ``other``'s answers are from ``reference``'s (fp32) on the same images."""
     out = {
@@ -238,7 +235,7 @@ def compare(reference: dict, other: dict, labels: np.ndarray) -> dict[str, float
         out[f"{key}_median_abs_diff"] = float(np.median(diff))
         out[f"{key}_p99_abs_diff"] = float(np.quantile(diff, 0.99))
         out[f"{key}_pearson"] = float(np.corrcoef(other[key], reference[key])[0, 1])
-        out[f"{key}_spearman"] = _spearman(other[key], reference[key])
+        out[f"{key}_spearman"] = float(spearmanr(other[key], reference[key]).statistic)
         out[f"{key}_std"] = float(np.std(reference[key]))
     # the OoD test's suspicious tail is the ratio's lower one: how far do answers move there?
     lower = reference["ratio"] <= np.quantile(reference["ratio"], 0.05)
@@ -250,11 +247,8 @@ def compare(reference: dict, other: dict, labels: np.ndarray) -> dict[str, float
 
 
 def auc(inlier: np.ndarray, outlier: np.ndarray) -> float:
-    """P(inlier score > outlier score) + P(tie) / 2 over all pairs (Mann-Whitney U / n m)."""
-    ordered = np.sort(outlier)
-    below = np.searchsorted(ordered, inlier, side="left")
-    tied = np.searchsorted(ordered, inlier, side="right") - below
-    return float((below + 0.5 * tied).sum() / (len(inlier) * len(outlier)))
+    """AUC of a score whose *low* values are suspicious: P(inlier > outlier) + P(tie) / 2."""
+    return roc_auc(-np.asarray(inlier), -np.asarray(outlier))
 
 
 def ood_images(name: str, limit: int) -> np.ndarray:

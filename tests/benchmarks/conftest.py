@@ -46,3 +46,8 @@ def answer_snapshot():
 @pytest.fixture(scope="session")
 def gpu_serving():
     return load_script("gpu_serving")
+
+
+@pytest.fixture(scope="session")
+def quantize_int8():
+    return load_script("quantize_int8")

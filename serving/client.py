@@ -17,11 +17,37 @@ from pathlib import Path
 import grpc
 import requests
 
+from serving.certificates import DEFAULT_CERTIFY_SIGMA
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
 from serving.keys import read_keys
 from serving.schema import ClassificationResponse, ErrorResponse
 
-__all__ = ["ClassifierClient", "ClientError", "parse_answer", "resolve_token"]
+__all__ = [
+    "ClassifierClient",
+    "ClientError",
+    "parse_answer",
+    "request_options",
+    "resolve_token",
+]
+
+
+def request_options(
+    explain: bool = False,
+    top_k: int = 10,
+    certify: int = 0,
+    certify_sigma: float = DEFAULT_CERTIFY_SIGMA,
+) -> dict[str, bool | int | float]:
+    """A request's options by name, as every client sends them (serving/requests.py); the
+    certificate's are left out unless one is asked for."""
+    options: dict[str, bool | int | float] = {"explain": explain, "top_k": top_k}
+    if certify:
+        options |= {"certify": certify, "certify_sigma": certify_sigma}
+    return options
+
+
+def _option_text(value: bool | int | float) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
 
 RETRYABLE_HTTP = {502, 503, 504, 507}  # 507: TorchServe's "Worker died." (worker killed)
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -92,19 +118,26 @@ class ClassifierClient(RetryingClient):
     """Talks to one TorchServe model over REST (``http_url``) or gRPC (``grpc_target``)."""
 
     def classify(
-        self, image: bytes, explain: bool = False, top_k: int = 10, use_grpc: bool = False
+        self,
+        image: bytes,
+        explain: bool = False,
+        top_k: int = 10,
+        use_grpc: bool = False,
+        certify: int = 0,
+        certify_sigma: float = DEFAULT_CERTIFY_SIGMA,
     ) -> ClassificationResponse | ErrorResponse:
-        """Classify one image; a bad image comes back as :class:`ErrorResponse`."""
+        """Classify one image; a bad image comes back as :class:`ErrorResponse`.  ``certify`` =
+        n > 0 also asks for a randomized-smoothing certificate (n noisy copies, ~1 ms each)."""
+        options = request_options(explain, top_k, certify, certify_sigma)
         if use_grpc:
-            return self._classify_grpc(image, explain, top_k)
-        return self._classify_http(image, explain, top_k)
+            return self._classify_grpc(image, options)
+        return self._classify_http(image, options)
 
-    def _classify_http(self, image: bytes, explain: bool, top_k: int):
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "X-Trustgc-Explain": str(explain).lower(),
-            "X-Trustgc-Top-K": str(top_k),
-        }
+    def _classify_http(self, image: bytes, options: dict[str, bool | int | float]):
+        headers = {"Content-Type": "application/octet-stream"}
+        for key, value in options.items():
+            name = "-".join(part.capitalize() for part in key.split("_"))  # top_k -> Top-K
+            headers[f"X-Trustgc-{name}"] = _option_text(value)
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         url = f"{self.http_url}/predictions/{self.model}"
@@ -130,14 +163,10 @@ class ClassifierClient(RetryingClient):
             raise ClientError(answer.status_code, answer.text)
         raise AssertionError("unreachable")
 
-    def _classify_grpc(self, image: bytes, explain: bool, top_k: int):
+    def _classify_grpc(self, image: bytes, options: dict[str, bool | int | float]):
+        fields = {key: _option_text(value).encode() for key, value in options.items()}
         request = inference_pb2.PredictionsRequest(
-            model_name=self.model,
-            input={
-                "data": image,
-                "explain": str(explain).lower().encode(),
-                "top_k": str(top_k).encode(),
-            },
+            model_name=self.model, input={"data": image, **fields}
         )
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
         with grpc.insecure_channel(self.grpc_target) as channel:

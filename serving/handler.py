@@ -18,6 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from serving.certificates import (
+    DEFAULT_MAX_CERTIFY_SAMPLES,
+    check_certify_limit,
+    with_certificate,
+)
 from serving.decode import DecodeLimits, decode_image
 from serving.errors import ErrorCode, InputError, http_status
 from serving.metrics import HandlerMetrics, MetricSpec, calibration_id
@@ -68,6 +73,8 @@ class TrustGCHandler:
         self.predictor: Predictor | None = None
         self.metrics: HandlerMetrics | None = None
         self.limits = DecodeLimits()
+        self.max_certify_samples = DEFAULT_MAX_CERTIFY_SAMPLES
+        self.certify_seed: int | None = None  # fresh noise per certificate (tests may fix it)
         self.model_name = "unknown"
         self.model_version = "1"
 
@@ -89,6 +96,11 @@ class TrustGCHandler:
             max_bytes=int(settings.get("max_body_bytes", self.limits.max_bytes)),
             max_pixels=int(settings.get("max_image_pixels", self.limits.max_pixels)),
         )
+        self.max_certify_samples = int(
+            settings.get("max_certify_samples", DEFAULT_MAX_CERTIFY_SAMPLES)
+        )
+        seed = settings.get("certify_seed")
+        self.certify_seed = None if seed is None else int(seed)
         self.metrics = None
         if context.metrics:
             self.metrics = HandlerMetrics(
@@ -120,6 +132,7 @@ class TrustGCHandler:
         for index, entry in enumerate(data):
             try:
                 image_bytes, options = parse_request(entry, _headers(context, index))
+                check_certify_limit(options.certify, self.max_certify_samples)
                 good.append(
                     (
                         index,
@@ -153,7 +166,7 @@ class TrustGCHandler:
         explain = [options.explain for _, _, options in good]
         with torch.inference_mode():
             results = self.predictor.predict(pixels, explain=explain)
-        for (index, _, options), result in zip(good, results, strict=True):
+        for (index, image, options), result in zip(good, results, strict=True):
             response = build_response(
                 result,
                 self.model_name,
@@ -161,8 +174,17 @@ class TrustGCHandler:
                 self.predictor.class_names,
                 options.top_k,
             )
+            response = with_certificate(
+                response,
+                self.predictor,
+                image,
+                options.certify,
+                options.certify_sigma,
+                seed=self.certify_seed,
+            )
             if self.metrics:
                 self.metrics.observe(response)
+                self.metrics.certified(response)
             answers[index] = self._encode(context, index, response, options)
 
     def _encode(self, context, index: int, response, options: RequestOptions) -> bytes | str:

@@ -34,6 +34,7 @@ import sys
 import time
 import uuid
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving import paths
+from serving.certificates import (
+    DEFAULT_MAX_CERTIFY_SAMPLES,
+    check_certify_limit,
+    with_certificate,
+)
 from serving.decode import DecodeLimits, decode_image
 from serving.errors import ErrorCode, InputError, http_status
 from serving.oip_codec import ImageAnswer, image_elements, outputs, request_options
 from serving.responses import build_response
-from serving.schema import error_response
+from serving.schema import ClassificationResponse, error_response
 
 __all__ = ["KServeSettings", "TrustGCModel", "serve"]
 
@@ -76,6 +82,9 @@ class KServeSettings(BaseModel):
     noop: bool = False  # answer without the model: the runtime's own floor (benchmarks)
     max_body_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # certificates (request parameter certify = n): cap on n, 0 = off; as model-config.yaml
+    max_certify_samples: int = Field(default=DEFAULT_MAX_CERTIFY_SAMPLES, ge=0)
+    certify_seed: int | None = None  # None: fresh noise per certificate (a fixed one for tests)
 
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
@@ -174,6 +183,7 @@ class TrustGCModel(_model_base()):
         started = time.perf_counter()
         try:
             options = request_options(payload.parameters)
+            check_certify_limit(options.certify, self.settings.max_certify_samples)
             elements = image_elements(payload.inputs)
         except InputError as error:
             self.metrics.invalid_input()
@@ -205,6 +215,8 @@ class TrustGCModel(_model_base()):
         if results is not None:
             for (index, _), result in zip(good, results, strict=True):
                 answers[index] = self._answer(result, options.top_k)
+            if options.certify:
+                await self._certify(answers, good, options)
         self.metrics.latency(time.perf_counter() - started, len(elements))
         tensors = outputs(answers, len(self.predictor.class_names))
         return InferResponse(
@@ -217,6 +229,27 @@ class TrustGCModel(_model_base()):
             use_binary_outputs=payload.use_binary_outputs,
             requested_outputs=payload.request_outputs,
         )
+
+    async def _certify(self, answers: list, good: list[tuple[int, np.ndarray]], options) -> None:
+        """Add the certificates the request asked for, off the event loop (n + 100 flow passes
+        per image): other requests keep being read and batched meanwhile."""
+        loop = asyncio.get_running_loop()
+        for index, image in good:
+            answer = answers[index]
+            if not isinstance(answer.response, ClassificationResponse):
+                continue  # an error or the no-op floor's fixed answer
+            response = await loop.run_in_executor(
+                None,
+                with_certificate,
+                answer.response,
+                self.predictor,
+                image,
+                options.certify,
+                options.certify_sigma,
+                self.settings.certify_seed,
+            )
+            self.metrics.certified(response)
+            answers[index] = replace(answer, response=response)
 
     def _decode(self, element: bytes, channels: int, height: int, width: int) -> np.ndarray:
         if self.settings.noop:  # the floor measures the frontend and batching, not decoding

@@ -61,6 +61,13 @@ BACKEND_INFO = MetricSpec("gc_backend_info", "count", ("ModelName", "backend"), 
 ALPHA = MetricSpec("gc_alpha", "ratio", ("ModelName", "test"), "gauge")
 #: 1, labelled with the served calibration.json's SHA-256 prefix: replicas that disagree show.
 CALIBRATION_INFO = MetricSpec("gc_calibration_info", "count", ("ModelName", "calibration"), "gauge")
+#: Randomized-smoothing certificates answered (request option ``certify``), by ``outcome``
+#: certified / abstained: each costs ~1 s of a core, so their rate is the servers' CPU story.
+CERTIFICATES_TOTAL = MetricSpec(
+    "gc_certificates_total", "count", ("ModelName", "outcome"), "counter"
+)
+#: Every ``outcome`` label value of :data:`CERTIFICATES_TOTAL`.
+CERTIFICATE_OUTCOMES = ("certified", "abstained")
 METRICS = (
     DECISIONS_TOTAL,
     PREDICTIONS_TOTAL,
@@ -69,6 +76,7 @@ METRICS = (
     BACKEND_INFO,
     ALPHA,
     CALIBRATION_INFO,
+    CERTIFICATES_TOTAL,
 )
 
 #: Registers one metric and returns it (an object with ``add_or_update(value, label_values)``).
@@ -90,6 +98,9 @@ class HandlerMetrics:
         self.predictions = register(PREDICTIONS_TOTAL)
         self.p_values = register(P_VALUE)
         self.latency_metric = register(HANDLER_LATENCY)
+        self.certificates = register(CERTIFICATES_TOTAL)
+        for outcome in CERTIFICATE_OUTCOMES:
+            self.certificates.add_or_update(0, [model_name, outcome])
         for decision in DECISIONS:
             self.decisions.add_or_update(0, [model_name, decision])
         for name in class_names:
@@ -116,6 +127,12 @@ class HandlerMetrics:
         paper = response.typicality.components.get("typicality")
         if paper is not None:
             self.p_values.add_or_update(paper, [self.model_name, "typicality"])
+
+    def certified(self, response: ClassificationResponse) -> None:
+        """Count the answer's certificate, if it carries one."""
+        if response.certificate is not None:
+            outcome = "abstained" if response.certificate.label is None else "certified"
+            self.certificates.add_or_update(1, [self.model_name, outcome])
 
     def invalid_input(self) -> None:
         self.decisions.add_or_update(1, [self.model_name, INVALID_INPUT])

@@ -33,6 +33,12 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from tqdm import tqdm
 
 from serving import paths
+from serving.certificates import (
+    CERTIFY_ALPHA,
+    DEFAULT_CERTIFY_SIGMA,
+    MAX_CERTIFY_SAMPLES,
+    certificate_for,
+)
 from serving.decode import DecodeLimits, decode_image
 from serving.errors import ErrorCode, InputError
 from serving.files import collect_files
@@ -46,7 +52,6 @@ __all__ = [
     "OUTPUT_FORMATS",
     "CertifyOptions",
     "OfflineScorer",
-    "certificate_fields",
     "collect_files",
     "resolve_out",
     "score_files",
@@ -196,39 +201,17 @@ class CertifyOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     n: int
-    sigma: float = 0.25
-    alpha: float = 0.001
+    sigma: float = DEFAULT_CERTIFY_SIGMA
+    alpha: float = CERTIFY_ALPHA
 
     @model_validator(mode="after")
     def _in_range(self) -> CertifyOptions:
-        if not 1 <= self.n <= 100_000 or self.sigma <= 0 or not 0 < self.alpha < 1:
+        if not 1 <= self.n <= MAX_CERTIFY_SAMPLES or self.sigma <= 0 or not 0 < self.alpha < 1:
             raise ValueError(
-                f"--certify needs 1 <= N <= 100000, --sigma > 0 and 0 < alpha < 1, got "
-                f"{self.n}, {self.sigma}, {self.alpha}"
+                f"--certify needs 1 <= N <= {MAX_CERTIFY_SAMPLES}, --sigma > 0 and "
+                f"0 < alpha < 1, got {self.n}, {self.sigma}, {self.alpha}"
             )
         return self
-
-
-def certificate_fields(
-    predictor: Predictor, pixels: np.ndarray, served_label: str, options: CertifyOptions
-) -> dict[str, Any]:
-    """One image's certificate as a JSON object: the smoothed label (null: abstained), its
-    certified L2 radius in [0, 1] pixel units, and whether it agrees with the served label."""
-    (certificate,) = predictor.certify(
-        pixels[None], sigma=options.sigma, n=options.n, alpha=options.alpha
-    )
-    label = None if certificate.abstained else predictor.class_names[certificate.predicted_index]
-    return {
-        "method": "randomized_smoothing",
-        "label": label,
-        "radius": certificate.radius,
-        "p_lower": certificate.p_lower,
-        "agrees_with_prediction": label == served_label,
-        "sigma": certificate.sigma,
-        "n": certificate.n,
-        "n0": certificate.n0,
-        "alpha": certificate.alpha,
-    }
 
 
 def resolve_out(out: Path) -> tuple[Path, Path]:
@@ -285,7 +268,10 @@ def score_files(
         for index, (row, pixels) in enumerate(scorer.score_with_pixels(files, batch_size, explain)):
             if certify is not None and pixels is not None:
                 label = row["prediction"]["label"]
-                row["certificate"] = certificate_fields(scorer.predictor, pixels, label, certify)
+                certificate = certificate_for(
+                    scorer.predictor, pixels, label, certify.n, certify.sigma, certify.alpha, seed=0
+                )
+                row["certificate"] = certificate.model_dump()
             if writer:
                 writer.writerow(_csv_row(row))
             else:

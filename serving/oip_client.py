@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import requests
 
-from serving.client import ClientError, RetryingClient
+from serving.certificates import DEFAULT_CERTIFY_SIGMA
+from serving.client import ClientError, RetryingClient, request_options
 from serving.client import parse_answer as _parse
 from serving.schema import ClassificationResponse, ErrorResponse
 
@@ -78,6 +79,16 @@ def grpc_infer_request(
     )
 
 
+def _parameter(pb, value: bool | int | float):
+    """An option as an OIP ``InferParameter``: the protocol has bool, int64 and string ones, so
+    a float travels as its text (validated as a number by the server's RequestOptions)."""
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return pb.InferParameter(int64_param=value)
+    return pb.InferParameter(string_param=str(value))
+
+
 def _deserialize_bytes(raw: bytes) -> list[bytes]:
     """OIP's raw BYTES layout: each element as a 4-byte little-endian length, then its bytes."""
     items, offset = [], 0
@@ -96,10 +107,16 @@ class OipClient(RetryingClient):
     grpc_target: str = "127.0.0.1:8091"
 
     def classify(
-        self, image: bytes, explain: bool = False, top_k: int = 10, use_grpc: bool = False
+        self,
+        image: bytes,
+        explain: bool = False,
+        top_k: int = 10,
+        use_grpc: bool = False,
+        certify: int = 0,
+        certify_sigma: float = DEFAULT_CERTIFY_SIGMA,
     ) -> ClassificationResponse | ErrorResponse:
         """Classify one image; a bad image comes back as :class:`ErrorResponse`."""
-        return self.classify_many([image], explain, top_k, use_grpc)[0]
+        return self.classify_many([image], explain, top_k, use_grpc, certify, certify_sigma)[0]
 
     def classify_many(
         self,
@@ -107,14 +124,18 @@ class OipClient(RetryingClient):
         explain: bool = False,
         top_k: int = 10,
         use_grpc: bool = False,
+        certify: int = 0,
+        certify_sigma: float = DEFAULT_CERTIFY_SIGMA,
     ) -> list[ClassificationResponse | ErrorResponse]:
-        """Classify several images in one request; one answer per image, in order."""
+        """Classify several images in one request; one answer per image, in order (the options,
+        a certificate's too, apply to each image)."""
+        options = request_options(explain, top_k, certify, certify_sigma)
         if use_grpc:
-            return self._grpc(images, explain, top_k)
-        return self._rest(images, explain, top_k)
+            return self._grpc(images, options)
+        return self._rest(images, options)
 
-    def _rest(self, images: list[bytes], explain: bool, top_k: int):
-        body = rest_infer_body(images, {"explain": explain, "top_k": top_k}, ("answer",))
+    def _rest(self, images: list[bytes], options: dict[str, bool | int | float]):
+        body = rest_infer_body(images, options, ("answer",))
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -154,7 +175,7 @@ class OipClient(RetryingClient):
             offset += size or 0
         raise ClientError(answer.status_code, "the answer has no 'answer' output")
 
-    def _grpc(self, images: list[bytes], explain: bool, top_k: int):
+    def _grpc(self, images: list[bytes], options: dict[str, bool | int | float]):
         import grpc
 
         from serving.kserve_import import import_kserve
@@ -162,10 +183,7 @@ class OipClient(RetryingClient):
         pb = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2")
         pb_grpc = import_kserve("kserve.protocol.grpc.grpc_predict_v2_pb2_grpc")
 
-        parameters = {
-            "explain": pb.InferParameter(bool_param=explain),
-            "top_k": pb.InferParameter(int64_param=top_k),
-        }
+        parameters = {key: _parameter(pb, value) for key, value in options.items()}
         request = grpc_infer_request(pb, self.model, images, parameters, ("answer",))
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
         with grpc.insecure_channel(self.grpc_target) as channel:

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 OUTPUT_NAMES = ("answer", "decision", "probabilities", "ood_p_value", "attack_p_value")
-_OPTION_KEYS = ("top_k", "explain")
+_OPTION_KEYS = ("top_k", "explain", "certify", "certify_sigma")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ def _plain(parameters: Any) -> dict[str, Any]:
 
 
 def request_options(parameters: Any) -> RequestOptions:
-    """``top_k`` and ``explain`` from the request's parameters; raises InputError if invalid."""
+    """``top_k``, ``explain``, ``certify`` and ``certify_sigma`` from the request's parameters
+    (they apply to every image of the request); raises InputError if invalid."""
     raw = {k: v for k, v in _plain(parameters).items() if k in _OPTION_KEYS}
     try:
         return RequestOptions.model_validate(raw)

@@ -10,6 +10,7 @@ from serving.grpc_stubs import result_pb2
 from serving.schema import (
     SCHEMA_VERSION,
     Attack,
+    Certificate,
     ClassificationResponse,
     ClassProbability,
     DecisionSpace,
@@ -85,6 +86,10 @@ def to_protobuf(response: ClassificationResponse | ErrorResponse) -> bytes:
     )
     if response.explanation is not None:
         message.explanation.CopyFrom(_explanation(response.explanation))
+    if response.certificate is not None:
+        message.certificate.CopyFrom(
+            result_pb2.Certificate(**response.certificate.model_dump(exclude_none=True))
+        )
     return message.SerializeToString(deterministic=True)
 
 
@@ -154,4 +159,22 @@ def from_protobuf(data: bytes) -> ClassificationResponse | ErrorResponse:
             statistic=message.attack.statistic,
         ),
         explanation=explanation,
+        certificate=_certificate_model(message),
+    )
+
+
+def _certificate_model(message) -> Certificate | None:
+    if not message.HasField("certificate"):
+        return None
+    c = message.certificate
+    return Certificate(
+        method=c.method,
+        label=c.label if c.HasField("label") else None,
+        radius=c.radius,
+        p_lower=c.p_lower,
+        agrees_with_prediction=c.agrees_with_prediction,
+        sigma=c.sigma,
+        n=c.n,
+        n0=c.n0,
+        alpha=c.alpha,
     )

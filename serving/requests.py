@@ -13,22 +13,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serving.certificates import DEFAULT_CERTIFY_SIGMA, MAX_CERTIFY_SAMPLES
 from serving.errors import ErrorCode, InputError
 
 __all__ = ["RequestOptions", "parse_request", "wants_protobuf"]
 
-_OPTION_KEYS = ("explain", "top_k", "format")
+_OPTION_KEYS = ("explain", "top_k", "format", "certify", "certify_sigma")
 _BODY_KEYS = ("data", "body", "file", "image")
 
 
 class RequestOptions(BaseModel):
-    """Per-request options: explanations, how many classes, and the answer's encoding."""
+    """Per-request options: explanations, how many classes, the answer's encoding, and a
+    randomized-smoothing certificate (``certify`` noisy copies; 0: none; serving/certificates.py;
+    the deployment's own cap is checked by the runtime)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     explain: bool = False
     top_k: int = Field(default=10, ge=1, le=1000)
     format: Literal["json", "protobuf"] = "json"
+    certify: int = Field(default=0, ge=0, le=MAX_CERTIFY_SAMPLES)
+    certify_sigma: float = Field(default=DEFAULT_CERTIFY_SIGMA, gt=0, le=1)
 
 
 def _text(value: Any) -> str:

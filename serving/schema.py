@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Certificate",
     "ClassificationResponse",
     "ErrorResponse",
     "error_response",
@@ -89,6 +90,26 @@ class Explanation(_Model):
     decision_space: DecisionSpace
 
 
+class Certificate(_Model):
+    """A randomized-smoothing certificate (Cohen et al., ICML 2019), only when a request asked
+    for one (``certify`` = n noisy copies): the smoothed classifier's label and the L2 radius,
+    in [0, 1] pixel units, within which that label provably cannot change, with probability at
+    least 1 - alpha over the server's noise.  It certifies the *label*, not the OoD or attack
+    decision."""
+
+    method: Literal["randomized_smoothing"] = "randomized_smoothing"
+    label: str | None = Field(
+        default=None, description="the smoothed label; absent (null): abstained, nothing certified"
+    )
+    radius: float = Field(ge=0, description="certified L2 radius, [0, 1] pixels; 0 if abstained")
+    p_lower: float = Field(ge=0, le=1, description="lower confidence bound of P(label | noise)")
+    agrees_with_prediction: bool = Field(description="the smoothed label is the served one")
+    sigma: float = Field(gt=0, description="noise standard deviation, [0, 1] pixels")
+    n: int = Field(ge=1, description="noisy copies that estimated p_lower")
+    n0: int = Field(ge=1, description="noisy copies that picked the label")
+    alpha: float = Field(gt=0, lt=1)
+
+
 class ClassificationResponse(_Model):
     schema_version: Literal["2"] = SCHEMA_VERSION
     model: ModelInfo
@@ -99,6 +120,11 @@ class ClassificationResponse(_Model):
     typicality: Typicality
     attack: Attack
     explanation: Explanation | None = None
+    certificate: Certificate | None = Field(
+        default=None,
+        description="only when the request asked for one (certify = n); added within schema "
+        "version 2 because no answer carries it unless its client asked",
+    )
 
 
 class ErrorDetail(_Model):

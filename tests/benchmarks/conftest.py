@@ -51,3 +51,8 @@ def gpu_serving():
 @pytest.fixture(scope="session")
 def quantize_int8():
     return load_script("quantize_int8")
+
+
+@pytest.fixture(scope="session")
+def served_certify():
+    return load_script("served_certify")

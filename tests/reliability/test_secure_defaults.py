@@ -307,6 +307,10 @@ def test_request_size_and_pixel_limits_are_set() -> None:
     assert int(limits["max_image_pixels"]) == 40_000_000
     assert DecodeLimits().max_bytes == TEN_MIB and DecodeLimits().max_pixels == 40_000_000
     assert int(model_config["responseTimeout"]) <= 120
+    # a certificate costs ~1 ms per noisy copy: the shipped cap keeps one request near 1 s
+    from serving.certificates import DEFAULT_MAX_CERTIFY_SAMPLES
+
+    assert int(limits["max_certify_samples"]) == DEFAULT_MAX_CERTIFY_SAMPLES == 1_000
     assert int(config["job_queue_size"]) <= 10_000
 
 
@@ -323,6 +327,7 @@ def test_the_shipped_archive_carries_the_same_limits_and_no_secrets() -> None:
     shipped = yaml.safe_load(MODEL_CONFIG.read_text())
     assert packed["trustgc"]["max_body_bytes"] == shipped["trustgc"]["max_body_bytes"]
     assert packed["trustgc"]["max_image_pixels"] == shipped["trustgc"]["max_image_pixels"]
+    assert packed["trustgc"]["max_certify_samples"] == shipped["trustgc"]["max_certify_samples"]
 
 
 # --------------------------------------------------------------------------- container

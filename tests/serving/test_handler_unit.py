@@ -272,6 +272,10 @@ def test_form_fields_override_headers(handler, images) -> None:
         ({"format": b"xml"}, {}),
         ({}, {"X-Trustgc-Top-K": "-3"}),
         ({}, {"X-Trustgc-Unknown-Option": "1"}),
+        ({"certify": b"-1"}, {}),
+        ({"certify": b"100001"}, {}),
+        ({"certify": b"100", "certify_sigma": b"0"}, {}),
+        ({}, {"X-Trustgc-Certify": "100", "X-Trustgc-Certify-Sigma": "1.5"}),
     ],
 )
 def test_invalid_option_is_a_400(handler, images, entry, headers) -> None:
@@ -339,3 +343,62 @@ def test_protobuf_requests_get_protobuf_errors(handler) -> None:
     error = from_protobuf(answers[0])
     assert isinstance(error, ErrorResponse)
     assert error.error.code == "undecodable_image"
+
+
+def test_certificate_only_for_the_requests_that_asked(handler, images, monkeypatch) -> None:
+    """A batch of four: each certifying request gets the certificate Predictor.certify computes
+    for its pixels (same seed; one abstains at sigma 0.12, one is certified at 0.05), the plain
+    one none, and one above the server's cap a 400 that names the cap, before any work; the
+    plain neighbour's answer is the one it gets alone."""
+    from serving.decode import decode_image
+
+    monkeypatch.setattr(handler, "certify_seed", 7)
+    monkeypatch.setattr(handler, "max_certify_samples", 300)
+    headers = {0: {"X-Trustgc-Certify": "200", "X-Trustgc-Certify-Sigma": "0.12"}}
+    answers, context = run(
+        handler,
+        [
+            {"body": images[0]},
+            {"body": images[1]},
+            {"body": images[0], "certify": b"301"},
+            {"body": images[1], "certify": b"200", "certify_sigma": b"0.05"},
+        ],
+        headers,
+    )
+    abstained, plain, refused, certified = (parse(a) for a in answers)
+    alone, _ = run(handler, [{"body": images[1]}])
+    assert_same_answer(plain, parse(alone[0]))
+    assert plain.certificate is None
+    assert isinstance(refused, ErrorResponse) and refused.error.code == "invalid_parameter"
+    assert "limit of 300" in refused.error.message and context.statuses[2][0] == 400
+    names = handler.predictor.class_names
+    for answer, image, sigma in ((abstained, images[0], 0.12), (certified, images[1], 0.05)):
+        pixels = decode_image(image, 28, 28, 1)
+        (expected,) = handler.predictor.certify(pixels[None], sigma=sigma, n=200, seed=7)
+        certificate = answer.certificate
+        assert certificate is not None and certificate.method == "randomized_smoothing"
+        assert (certificate.n, certificate.n0, certificate.sigma) == (200, 100, sigma)
+        assert certificate.radius == expected.radius and certificate.p_lower == expected.p_lower
+        expected_label = None if expected.abstained else names[expected.predicted_index]
+        assert certificate.label == expected_label
+        assert certificate.agrees_with_prediction == (expected_label == answer.prediction.label)
+    assert abstained.certificate.label is None and abstained.certificate.radius == 0.0
+    assert certified.certificate.label == certified.prediction.label
+    assert certified.certificate.radius > 0
+    # the protobuf encoding carries both kinds
+    protobuf = {"X-Trustgc-Format": "protobuf"}
+    again = [
+        ({"body": images[0]}, headers[0] | protobuf, abstained),
+        ({"body": images[1], "certify": b"200", "certify_sigma": b"0.05"}, protobuf, certified),
+    ]
+    for entry, entry_headers, answer in again:
+        (encoded,), _ = run(handler, [entry], {0: entry_headers})
+        assert from_protobuf(encoded).certificate == answer.certificate
+
+
+def test_certificates_turned_off(handler, images, monkeypatch) -> None:
+    monkeypatch.setattr(handler, "max_certify_samples", 0)
+    answers, context = run(handler, [{"body": images[0], "certify": b"1"}, {"body": images[1]}])
+    refused = parse(answers[0])
+    assert isinstance(refused, ErrorResponse) and "turned off" in refused.error.message
+    assert isinstance(parse(answers[1]), ClassificationResponse) and 1 not in context.statuses

@@ -13,10 +13,12 @@ import base64
 import io
 import json
 import math
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from statistics import NormalDist
 
 import grpc
 import numpy as np
@@ -81,6 +83,13 @@ def settled_decision_counts(served, expected_total: float, timeout: float = 15.0
     return decision_counts(served)
 
 
+def certificate_counts(served) -> dict[str, float]:
+    counts = {"certified": 0.0, "abstained": 0.0}
+    for sample in samples(served, "gc_certificates_total"):
+        counts[sample.labels["outcome"]] += sample.value
+    return counts
+
+
 # --------------------------------------------------------------------------- both runtimes
 
 
@@ -129,6 +138,43 @@ def test_decision_metrics_count_exactly(runtime, images) -> None:
     delta = {key: after[key] - before[key] for key in DECISIONS}
     assert delta == expected
     assert expected["invalid_input"] == 2 and sum(expected.values()) == len(bodies)
+
+
+@pytest.mark.parametrize("over_grpc", [False, True])
+def test_a_certificate_when_asked_and_the_cap(runtime, images, over_grpc) -> None:
+    """``certify`` = n through the real server: the answer carries a certificate (fresh noise
+    per request, so checked for what holds whatever the draw: p_lower <= alpha^(1/n) bounds the
+    radius), the same request without it none and the same prediction, and a request above
+    the server's cap of 1,000 an invalid_parameter error that names it; gc_certificates_total
+    counts the one certificate under its outcome."""
+    client = runtime.client()
+    client.classify(images[1])  # TorchServe exports model metrics once used
+    before = certificate_counts(runtime)
+    answer = client.classify(images[1], use_grpc=over_grpc, certify=100, certify_sigma=0.05)
+    assert isinstance(answer, ClassificationResponse), answer
+    certificate = answer.certificate
+    assert certificate is not None
+    assert (certificate.n, certificate.n0, certificate.sigma) == (100, 100, 0.05)
+    names = {p.label for p in client.classify(images[1], top_k=10).probabilities}
+    assert certificate.label is None or certificate.label in names
+    largest = 0.05 * NormalDist().inv_cdf(certificate.alpha ** (1 / 100))
+    assert 0.0 <= certificate.radius <= largest + 1e-12
+    assert (certificate.label is None) == (certificate.radius == 0.0)
+    assert certificate.agrees_with_prediction == (certificate.label == answer.prediction.label)
+    plain = client.classify(images[1], use_grpc=over_grpc)
+    assert plain.certificate is None and plain.prediction == answer.prediction
+    refused = client.classify(images[1], use_grpc=over_grpc, certify=1001)
+    assert isinstance(refused, ErrorResponse) and refused.error.code == "invalid_parameter"
+    assert "limit of 1000" in refused.error.message
+    outcome = "abstained" if certificate.label is None else "certified"
+    deadline = time.monotonic() + 15  # TorchServe exports handler metrics asynchronously
+    while certificate_counts(runtime)[outcome] == before[outcome] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    after = certificate_counts(runtime)
+    assert {key: after[key] - before[key] for key in after} == {
+        key: float(key == outcome) for key in after
+    }
 
 
 def test_backend_info_says_onnxruntime(runtime, images) -> None:
@@ -265,6 +311,15 @@ def test_cli_classify_with_runtime_kserve(kserve, images, tmp_path, capsys, over
     assert main([*argv, "--grpc"] if over_grpc else argv) == 0
     printed = ClassificationResponse.model_validate_json(capsys.readouterr().out)
     assert printed == kserve.client().classify(images[0], top_k=3)  # the CLI default
+    # --certify: the table gains the certificate's column (label or abstained, and radius)
+    table = [a for a in argv if a != "--json"] + ["--certify", "50", "--sigma", "0.05"]
+    assert main([*table, "--grpc"] if over_grpc else table) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.rstrip().endswith("certified (L2 radius)")
+    column = row[header.index("  certified") :].strip()  # "Ankle boot (0.080)"
+    label, radius = re.fullmatch(r"(.+) \((\d+\.\d+)\)", column).groups()
+    names = {p.label for p in kserve.client().classify(images[0]).probabilities}
+    assert label in names | {"abstained"} and float(radius) >= 0.0
 
 
 def test_start_and_stop_leave_no_process(tmp_path) -> None:

@@ -121,6 +121,16 @@ def test_request_options_from_rest_and_grpc_parameters() -> None:
     with pytest.raises(InputError, match="top_k") as caught:
         request_options({"top_k": 0})
     assert caught.value.code == ErrorCode.INVALID_PARAMETER
+    # a certificate's options: OIP has no float parameter, so sigma may come as text
+    certify = {
+        "certify": pb.InferParameter(int64_param=100),
+        "certify_sigma": pb.InferParameter(string_param="0.1"),
+    }
+    options = request_options(certify)
+    assert (options.certify, options.certify_sigma) == (100, 0.1)
+    assert request_options({"certify": 5, "certify_sigma": 0.5}).certify_sigma == 0.5
+    with pytest.raises(InputError, match="certify_sigma"):
+        request_options({"certify": 5, "certify_sigma": "two"})
 
 
 def test_outputs_for_errors_are_nan_and_invalid_input() -> None:

@@ -259,7 +259,7 @@ def test_classify_explain_out_draws_the_served_answers(
         def __init__(self, **_: object) -> None:
             pass
 
-        def classify(self, image: bytes, explain: bool, top_k: int, use_grpc: bool):
+        def classify(self, image: bytes, explain: bool, top_k: int, use_grpc: bool, **_: object):
             path = tmp_path / "sent.bin"
             path.write_bytes(image)
             row = next(scorer.score([path], explain=explain))

@@ -296,11 +296,15 @@ class Predictor:
         n: int = 1000,
         n0: int = 100,
         alpha: float = 0.001,
-        seed: int = 0,
+        seed: int | None = 0,
     ) -> list[Certificate]:
         """Randomized-smoothing certificates of uint8 images (B, C, H, W): the smoothed
         label and the L2 radius it is certified in (:mod:`trustgc.trust.smoothing`).  Costs
-        n0 + n forward passes of f per image; the OoD and attack decisions are not certified."""
+        n0 + n forward passes of f per image; the OoD and attack decisions are not certified.
+
+        ``seed`` makes the noise reproducible (offline scoring, tests); ``None`` draws it from
+        the operating system's entropy, as a server must: the guarantee holds over noise the
+        input's author cannot know, and a public seed lets them choose inputs against it."""
         self._check_pixels(pixels)
 
         def labels_of(x: torch.Tensor) -> torch.Tensor:
@@ -309,7 +313,11 @@ class Predictor:
                     return latent_scores(self.model, x).logits.argmax(1)
                 return self.model(x).argmax(1)
 
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
         images = pixels_to_unit(torch.from_numpy(pixels.copy())).to(self.device)
         num_classes = self.manifest.config.num_classes
         return [

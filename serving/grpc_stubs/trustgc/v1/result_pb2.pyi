@@ -117,6 +117,28 @@ class Explanation(_message.Message):
     decision_space: DecisionSpace
     def __init__(self, posterior_heatmaps: _Optional[_Iterable[_Union[HeatMap, _Mapping]]] = ..., decision_space: _Optional[_Union[DecisionSpace, _Mapping]] = ...) -> None: ...
 
+class Certificate(_message.Message):
+    __slots__ = ("method", "label", "radius", "p_lower", "agrees_with_prediction", "sigma", "n", "n0", "alpha")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    RADIUS_FIELD_NUMBER: _ClassVar[int]
+    P_LOWER_FIELD_NUMBER: _ClassVar[int]
+    AGREES_WITH_PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    N0_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    label: str
+    radius: float
+    p_lower: float
+    agrees_with_prediction: bool
+    sigma: float
+    n: int
+    n0: int
+    alpha: float
+    def __init__(self, method: _Optional[str] = ..., label: _Optional[str] = ..., radius: _Optional[float] = ..., p_lower: _Optional[float] = ..., agrees_with_prediction: _Optional[bool] = ..., sigma: _Optional[float] = ..., n: _Optional[int] = ..., n0: _Optional[int] = ..., alpha: _Optional[float] = ...) -> None: ...
+
 class Error(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -126,7 +148,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClassificationResult(_message.Message):
-    __slots__ = ("schema_version", "model", "decision", "prediction", "probabilities", "log_likelihood", "typicality", "attack", "explanation", "error")
+    __slots__ = ("schema_version", "model", "decision", "prediction", "probabilities", "log_likelihood", "typicality", "attack", "explanation", "error", "certificate")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +159,7 @@ class ClassificationResult(_message.Message):
     ATTACK_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     schema_version: str
     model: ModelInfo
     decision: Decision
@@ -147,4 +170,5 @@ class ClassificationResult(_message.Message):
     attack: Attack
     explanation: Explanation
     error: Error
-    def __init__(self, schema_version: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., prediction: _Optional[_Union[ClassProbability, _Mapping]] = ..., probabilities: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., log_likelihood: _Optional[_Union[LogLikelihood, _Mapping]] = ..., typicality: _Optional[_Union[Typicality, _Mapping]] = ..., attack: _Optional[_Union[Attack, _Mapping]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    certificate: Certificate
+    def __init__(self, schema_version: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., prediction: _Optional[_Union[ClassProbability, _Mapping]] = ..., probabilities: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., log_likelihood: _Optional[_Union[LogLikelihood, _Mapping]] = ..., typicality: _Optional[_Union[Typicality, _Mapping]] = ..., attack: _Optional[_Union[Attack, _Mapping]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., certificate: _Optional[_Union[Certificate, _Mapping]] = ...) -> None: ...

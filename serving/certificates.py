@@ -25,6 +25,7 @@ __all__ = [
     "CERTIFY_ALPHA",
     "DEFAULT_CERTIFY_SIGMA",
     "DEFAULT_MAX_CERTIFY_SAMPLES",
+    "CERTIFICATE_FAILED",
     "MAX_CERTIFY_SAMPLES",
     "certificate_for",
     "check_certify_limit",
@@ -39,6 +40,9 @@ DEFAULT_MAX_CERTIFY_SAMPLES = 1_000
 DEFAULT_CERTIFY_SIGMA = 0.25
 #: The certificate's error probability over the noise (Cohen et al.'s choice).
 CERTIFY_ALPHA = 0.001
+#: The message of the internal error answered when one request's certificate fails: only that
+#: request fails, never its batch-mates.
+CERTIFICATE_FAILED = "the certificate could not be computed; retry, or ask without certify"
 
 
 def check_certify_limit(samples: int, max_samples: int) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from serving.certificates import (
+    CERTIFICATE_FAILED,
     DEFAULT_MAX_CERTIFY_SAMPLES,
     check_certify_limit,
     with_certificate,
@@ -174,14 +175,19 @@ class TrustGCHandler:
                 self.predictor.class_names,
                 options.top_k,
             )
-            response = with_certificate(
-                response,
-                self.predictor,
-                image,
-                options.certify,
-                options.certify_sigma,
-                seed=self.certify_seed,
-            )
+            try:
+                response = with_certificate(
+                    response,
+                    self.predictor,
+                    image,
+                    options.certify,
+                    options.certify_sigma,
+                    seed=self.certify_seed,
+                )
+            except Exception:  # one failed certificate must not fail its batch-mates
+                logger.exception("the certificate of request %d failed", index)
+                answers[index] = self._error(context, index, ErrorCode.INTERNAL, CERTIFICATE_FAILED)
+                continue
             if self.metrics:
                 self.metrics.observe(response)
                 self.metrics.certified(response)

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving import paths
 from serving.certificates import (
+    CERTIFICATE_FAILED,
     DEFAULT_MAX_CERTIFY_SAMPLES,
     check_certify_limit,
     with_certificate,
@@ -238,16 +239,21 @@ class TrustGCModel(_model_base()):
             answer = answers[index]
             if not isinstance(answer.response, ClassificationResponse):
                 continue  # an error or the no-op floor's fixed answer
-            response = await loop.run_in_executor(
-                None,
-                with_certificate,
-                answer.response,
-                self.predictor,
-                image,
-                options.certify,
-                options.certify_sigma,
-                self.settings.certify_seed,
-            )
+            try:
+                response = await loop.run_in_executor(
+                    None,
+                    with_certificate,
+                    answer.response,
+                    self.predictor,
+                    image,
+                    options.certify,
+                    options.certify_sigma,
+                    self.settings.certify_seed,
+                )
+            except Exception:  # only this image's answer fails, not the request's others
+                logger.exception("the certificate of image %d failed", index)
+                answers[index] = self._error(InputError(ErrorCode.INTERNAL, CERTIFICATE_FAILED))
+                continue
             self.metrics.certified(response)
             answers[index] = replace(answer, response=response)
 

@@ -402,3 +402,15 @@ def test_certificates_turned_off(handler, images, monkeypatch) -> None:
     refused = parse(answers[0])
     assert isinstance(refused, ErrorResponse) and "turned off" in refused.error.message
     assert isinstance(parse(answers[1]), ClassificationResponse) and 1 not in context.statuses
+
+
+def test_a_failed_certificate_fails_only_its_request(handler, images, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("certify broke")
+
+    monkeypatch.setattr(handler.predictor, "certify", broken)
+    answers, context = run(handler, [{"body": images[0], "certify": b"10"}, {"body": images[1]}])
+    failed, fine = (parse(a) for a in answers)
+    assert isinstance(failed, ErrorResponse) and failed.error.code == "internal_error"
+    assert context.statuses[0][0] == 500 and "certify" in failed.error.message
+    assert isinstance(fine, ClassificationResponse) and 1 not in context.statuses

@@ -140,3 +140,54 @@ def test_outputs_for_errors_are_nan_and_invalid_input() -> None:
     assert np.isnan(tensors["ood_p_value"]["data"][0])
     assert list(tensors["decision"]["data"]) == [b"invalid_input"]
     assert tensors["answer"]["data"][0].startswith(b'{"error"')
+
+
+def test_a_failed_certificate_fails_only_its_image() -> None:
+    """The KServe model adds certificates after the batch; one that raises becomes that image's
+    internal error, the other image keeps its certificate."""
+    import asyncio
+    from pathlib import Path
+
+    from serving.kserve_runtime import KServeSettings, TrustGCModel
+    from serving.requests import RequestOptions
+    from serving.responses import build_response
+    from serving.schema import ClassificationResponse, ErrorResponse
+    from trustgc.trust.predictor import Predictor
+
+    model_dir = Path(__file__).resolve().parents[2] / "model_store" / "fashion_mnist"
+    predictor = Predictor.from_artifact(model_dir, "cpu", "onnxruntime", 1)
+    images = np.zeros((2, 1, 28, 28), dtype=np.uint8)
+    images[1, :, 8:20, 8:20] = 200
+    results = predictor.predict(images)
+
+    calls = []
+
+    def certify(pixels, **kwargs):
+        calls.append(int(pixels.max()))
+        if pixels.max() > 0:
+            raise RuntimeError("certify broke")
+        return Predictor.certify(predictor, pixels, **kwargs)
+
+    class Metrics:
+        def __init__(self) -> None:
+            self.counted: list[str] = []
+
+        def certified(self, response) -> None:
+            self.counted.append("certificate")
+
+        def invalid_input(self) -> None:
+            self.counted.append("error")
+
+    model = TrustGCModel(KServeSettings(model_dir=model_dir, certify_seed=0))
+    model.predictor, model.metrics = predictor, Metrics()
+    predictor.certify = certify
+    names = predictor.class_names
+    answers = [ImageAnswer(build_response(r, "m", "1", names, 3)) for r in results]
+    options = RequestOptions(certify=20, certify_sigma=0.1)
+    asyncio.run(model._certify(answers, [(0, images[0]), (1, images[1])], options))
+    assert calls == [0, 200]
+    assert isinstance(answers[0].response, ClassificationResponse)
+    assert answers[0].response.certificate is not None and answers[0].response.certificate.n == 20
+    assert isinstance(answers[1].response, ErrorResponse)
+    assert answers[1].response.error.code == "internal_error"
+    assert model.metrics.counted == ["certificate", "error"]

@@ -46,13 +46,17 @@ __all__ = [
 ]
 
 EPSILONS = tuple(round(0.25 * k, 2) for k in range(1, 13))
-SUITE_NAMES = ("full", "no_surrogate", "undefended")
+SUITE_NAMES = ("full", "strong", "no_surrogate", "undefended")
+#: Suites whose attacker follows the PNG statistics through the surrogate.
+SURROGATE_SUITES = ("full", "strong")
 
 
 def suite(name: str) -> tuple[AttackMode, ...]:
-    """The modes of a suite: ``full`` (the adaptive suite), ``no_surrogate`` (the same attacker
-    without the PNG surrogate: a gradient-only attacker) or ``undefended`` (the
-    full suite against a classifier without detector: no penalty, any wrong label counts).
+    """The modes of a suite: ``full`` (the adaptive suite), ``strong`` (the same modes with three
+    times the steps, plus PGD towards a random class: a check that ``full``'s curve is not far
+    from what a patient attacker gets), ``no_surrogate`` (the same attacker without the PNG
+    surrogate: a gradient-only attacker) or ``undefended`` (the full suite against a classifier
+    without detector: no penalty, any wrong label counts).
 
     Strongest modes first; budgets from a 10-image pilot: PGD with a growing radius was the
     strongest single mode, CW-L2 did better with Adam lr 0.01 for 200 steps than with lr 0.02
@@ -70,6 +74,9 @@ def suite(name: str) -> tuple[AttackMode, ...]:
     )
     if name == "full":
         return full
+    if name == "strong":
+        longer = tuple(m.model_copy(update={"steps": 3 * m.steps}) for m in full)
+        return (*longer, AttackMode(name="pgd_random", kind="pgd", target="random", steps=450))
     if name == "no_surrogate":
         return tuple(m.model_copy(update={"surrogate": False}) for m in full)
     if name == "undefended":
@@ -160,7 +167,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     modes = suite(args.suite)
     if args.modes:
         modes = tuple(m for m in modes if m.name in args.modes.split(","))
-    surrogate = _fit_surrogate(args.seed) if args.suite == "full" and args.model == "gc" else None
+    with_surrogate = args.suite in SURROGATE_SUITES and args.model == "gc"
+    surrogate = _fit_surrogate(args.seed) if with_surrogate else None
     result = {
         "command": command,
         "model": str(args.gc if args.model == "gc" else args.baseline),
@@ -223,6 +231,7 @@ def _write(path: Path, payload: dict) -> None:
 
 _LABELS = {
     ("gc", "full"): "GC: adaptive suite with the PNG surrogate",
+    ("gc", "strong"): "GC: the adaptive suite with 3x the steps and PGD to a random class",
     ("gc", "no_surrogate"): "GC: same attacker without the surrogate",
     ("baseline", "undefended"): "CNN baseline (no detector)",
 }

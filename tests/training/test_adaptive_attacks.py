@@ -61,6 +61,18 @@ def test_robustness_curve_by_hand():
     assert len(EPSILONS) == 12 and EPSILONS[0] == 0.25 and EPSILONS[-1] == 3.0
 
 
+def test_the_strong_suite_is_the_full_one_with_three_times_the_steps_and_one_more_mode():
+    from training.robustness import SURROGATE_SUITES, suite
+
+    full, strong = suite("full"), suite("strong")
+    assert "strong" in SURROGATE_SUITES and "no_surrogate" not in SURROGATE_SUITES
+    assert [m.name for m in strong] == [*(m.name for m in full), "pgd_random"]
+    for short, long in zip(full, strong, strict=False):
+        assert long.steps == 3 * short.steps
+        assert long.model_copy(update={"steps": short.steps}) == short
+    assert strong[-1].kind == "pgd" and strong[-1].target == "random" and strong[-1].surrogate
+
+
 @pytest.mark.parametrize("grid", [None, 7])
 def test_projection_bounds_the_upsampled_perturbation(grid):
     shape = torch.Size((5, 1, 28, 28))

@@ -167,14 +167,5 @@ def _certificate_model(message) -> Certificate | None:
     if not message.HasField("certificate"):
         return None
     c = message.certificate
-    return Certificate(
-        method=c.method,
-        label=c.label if c.HasField("label") else None,
-        radius=c.radius,
-        p_lower=c.p_lower,
-        agrees_with_prediction=c.agrees_with_prediction,
-        sigma=c.sigma,
-        n=c.n,
-        n0=c.n0,
-        alpha=c.alpha,
-    )
+    fields = {name: getattr(c, name) for name in Certificate.model_fields if name != "label"}
+    return Certificate(**fields, label=c.label if c.HasField("label") else None)

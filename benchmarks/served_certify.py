@@ -21,7 +21,6 @@ Latencies are the client's wall clock (same machine).  Results are printed as a 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -35,26 +34,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 
 from machine import cpu_name, load_average  # noqa: E402
+from serve_load import PORT_NAMES  # noqa: E402
+from traffic import fashion_png_images, free_ports  # noqa: E402
 
 MODEL_DIR = REPO_ROOT / "model_store" / "fashion_mnist"
 SIGMA = 0.25
 BESIDE = 8  # plain requests sent beside one certifying request
 OFFSETS_MS = (0, 20)  # when the plain requests follow the certifying one
-
-
-def test_images(count: int) -> list[bytes]:
-    """The first Fashion-MNIST test images as PNG bytes."""
-    from PIL import Image
-
-    from training.data import load_dataset
-
-    data = load_dataset("fashion_mnist", "test")
-    images = []
-    for image in data.images[:count, ..., 0]:
-        buffer = io.BytesIO()
-        Image.fromarray(image, mode="L").save(buffer, format="PNG")
-        images.append(buffer.getvalue())
-    return images
 
 
 def timed(call) -> tuple[float, object]:
@@ -116,7 +102,9 @@ def run_torchserve(images: list[bytes], args: argparse.Namespace) -> dict:
     from serving.server import ServerSettings, TorchServe
 
     settings = ServerSettings(
-        run_dir=Path(tempfile.mkdtemp(prefix="served-certify-ts-")), auth=True, ports=_ports(5)
+        run_dir=Path(tempfile.mkdtemp(prefix="served-certify-ts-")),
+        auth=True,
+        ports=free_ports(PORT_NAMES),
     )
     server = TorchServe(settings)
     server.start()
@@ -138,12 +126,12 @@ def run_kserve(images: list[bytes], args: argparse.Namespace) -> dict:
     from serving.kserve_runtime import KServeSettings
     from serving.oip_client import OipClient
 
-    http, grpc = _ports(2)
+    ports = free_ports(("http", "grpc"))
     settings = KServeSettings(
         model_dir=MODEL_DIR,
         run_dir=Path(tempfile.mkdtemp(prefix="served-certify-kserve-")),
-        http_port=http,
-        grpc_port=grpc,
+        http_port=ports["http"],
+        grpc_port=ports["grpc"],
     )
     process = KServeProcess(settings)
     process.start()
@@ -158,22 +146,6 @@ def run_kserve(images: list[bytes], args: argparse.Namespace) -> dict:
         return measure(client, images, args)
     finally:
         process.stop()
-
-
-def _ports(count: int):
-    """Free loopback ports: a list, or TorchServe's named ports for five."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    if count == 5:
-        names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-        return dict(zip(names, ports, strict=True))
-    return ports
 
 
 def render(result: dict) -> str:
@@ -212,12 +184,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    images = test_images(max(args.plain, args.repeats, BESIDE))
+    images, source = fashion_png_images(max(args.plain, args.repeats, BESIDE))
     load_before = load_average()
     runners = {"torchserve": run_torchserve, "kserve": run_kserve}
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": cpu_name(),
+        "images": source,
         "load_before": load_before,
         "n": args.n,
         "sigma": SIGMA,

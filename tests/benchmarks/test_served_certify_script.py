@@ -24,9 +24,3 @@ def test_table_has_a_row_per_runtime(served_certify) -> None:
     lines = table.splitlines()
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
     assert lines[2] == "| torchserve | 9.5 | 120 | 1100 | 30 / 40 | 600 / 1200 | 35 / 50 |"
-
-
-def test_free_ports_are_distinct(served_certify) -> None:
-    named = served_certify._ports(5)
-    assert set(named) >= {"inference", "grpc_inference"} and len(set(named.values())) == 5
-    assert len(set(served_certify._ports(2))) == 2

@@ -112,11 +112,6 @@ class RetryingClient:
     def _sleep(self, attempt: int) -> None:
         time.sleep(self.backoff * (2**attempt))
 
-
-@dataclass
-class ClassifierClient(RetryingClient):
-    """Talks to one TorchServe model over REST (``http_url``) or gRPC (``grpc_target``)."""
-
     def classify(
         self,
         image: bytes,
@@ -129,6 +124,20 @@ class ClassifierClient(RetryingClient):
         """Classify one image; a bad image comes back as :class:`ErrorResponse`.  ``certify`` =
         n > 0 also asks for a randomized-smoothing certificate (n noisy copies, ~1 ms each)."""
         options = request_options(explain, top_k, certify, certify_sigma)
+        return self._classify(image, options, use_grpc)
+
+    def _classify(
+        self, image: bytes, options: dict[str, bool | int | float], use_grpc: bool
+    ) -> ClassificationResponse | ErrorResponse:
+        """Send one image with its options in the runtime's protocol."""
+        raise NotImplementedError
+
+
+@dataclass
+class ClassifierClient(RetryingClient):
+    """Talks to one TorchServe model over REST (``http_url``) or gRPC (``grpc_target``)."""
+
+    def _classify(self, image: bytes, options: dict[str, bool | int | float], use_grpc: bool):
         if use_grpc:
             return self._classify_grpc(image, options)
         return self._classify_http(image, options)

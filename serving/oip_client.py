@@ -106,17 +106,8 @@ class OipClient(RetryingClient):
     http_url: str = "http://127.0.0.1:8090"
     grpc_target: str = "127.0.0.1:8091"
 
-    def classify(
-        self,
-        image: bytes,
-        explain: bool = False,
-        top_k: int = 10,
-        use_grpc: bool = False,
-        certify: int = 0,
-        certify_sigma: float = DEFAULT_CERTIFY_SIGMA,
-    ) -> ClassificationResponse | ErrorResponse:
-        """Classify one image; a bad image comes back as :class:`ErrorResponse`."""
-        return self.classify_many([image], explain, top_k, use_grpc, certify, certify_sigma)[0]
+    def _classify(self, image: bytes, options: dict[str, bool | int | float], use_grpc: bool):
+        return self._send([image], options, use_grpc)[0]
 
     def classify_many(
         self,
@@ -129,7 +120,9 @@ class OipClient(RetryingClient):
     ) -> list[ClassificationResponse | ErrorResponse]:
         """Classify several images in one request; one answer per image, in order (the options,
         a certificate's too, apply to each image)."""
-        options = request_options(explain, top_k, certify, certify_sigma)
+        return self._send(images, request_options(explain, top_k, certify, certify_sigma), use_grpc)
+
+    def _send(self, images: list[bytes], options: dict[str, bool | int | float], use_grpc: bool):
         if use_grpc:
             return self._grpc(images, options)
         return self._rest(images, options)

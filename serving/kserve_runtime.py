@@ -218,6 +218,7 @@ class TrustGCModel(_model_base()):
                 answers[index] = self._answer(result, options.top_k)
             if options.certify:
                 await self._certify(answers, good, options)
+            self._observe(answers, good)
         self.metrics.latency(time.perf_counter() - started, len(elements))
         tensors = outputs(answers, len(self.predictor.class_names))
         return InferResponse(
@@ -257,6 +258,13 @@ class TrustGCModel(_model_base()):
             self.metrics.certified(response)
             answers[index] = replace(answer, response=response)
 
+    def _observe(self, answers: list, good: list[tuple[int, np.ndarray]]) -> None:
+        """Count each classified image's decision once its answer is final: an image whose
+        certificate failed is answered, and counted, as an error only (as on TorchServe)."""
+        for index, _ in good:
+            if isinstance(answers[index].response, ClassificationResponse):
+                self.metrics.observe(answers[index].response)
+
     def _decode(self, element: bytes, channels: int, height: int, width: int) -> np.ndarray:
         if self.settings.noop:  # the floor measures the frontend and batching, not decoding
             return np.zeros((channels, height, width), dtype=np.uint8)
@@ -268,7 +276,6 @@ class TrustGCModel(_model_base()):
         response = build_response(
             result, self.name, self.version, self.predictor.class_names, top_k
         )
-        self.metrics.observe(response)
         return ImageAnswer(response, np.asarray(result.probabilities, dtype=np.float32))
 
 

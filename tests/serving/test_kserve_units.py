@@ -144,7 +144,8 @@ def test_outputs_for_errors_are_nan_and_invalid_input() -> None:
 
 def test_a_failed_certificate_fails_only_its_image() -> None:
     """The KServe model adds certificates after the batch; one that raises becomes that image's
-    internal error, the other image keeps its certificate."""
+    internal error, counted once as such and not also as a decision; the other image keeps its
+    certificate and its decision is counted."""
     import asyncio
     from pathlib import Path
 
@@ -178,6 +179,9 @@ def test_a_failed_certificate_fails_only_its_image() -> None:
         def invalid_input(self) -> None:
             self.counted.append("error")
 
+        def observe(self, response) -> None:
+            self.counted.append(f"decision {response.decision}")
+
     model = TrustGCModel(KServeSettings(model_dir=model_dir, certify_seed=0))
     model.predictor, model.metrics = predictor, Metrics()
     predictor.certify = certify
@@ -191,3 +195,9 @@ def test_a_failed_certificate_fails_only_its_image() -> None:
     assert isinstance(answers[1].response, ErrorResponse)
     assert answers[1].response.error.code == "internal_error"
     assert model.metrics.counted == ["certificate", "error"]
+    model._observe(answers, [(0, images[0]), (1, images[1])])
+    assert model.metrics.counted == [
+        "certificate",
+        "error",
+        f"decision {answers[0].response.decision}",
+    ]

@@ -189,7 +189,8 @@ def time_flows(flows, batches: list[int], rounds: int, seconds: float) -> list[d
     generator = torch.Generator().manual_seed(0)
     rows = []
     for batch in batches:
-        x = torch.randint(0, 256, (batch, 1, 28, 28), generator=generator).float().add(0.5) / 256
+        pixels = torch.randint(0, 256, (batch, 1, 28, 28), generator=generator, dtype=torch.uint8)
+        x = pixels_to_unit(pixels)
         calls = {}
         for variant, pair in flows.items():
             for flow in FLOWS:

@@ -49,12 +49,11 @@ def read_gimp_pattern(path: Path) -> Image.Image:
 
 
 def textures(out: Path, rng: np.random.Generator) -> int:
-    sources = sorted((GIMP / "patterns").rglob("*.pat"))
-    images = [read_gimp_pattern(p) for p in sources]
-    sources += sorted((GIMP / "gimpressionist" / "Paper").glob("*.pgm"))
-    images += [Image.open(p) for p in sources[len(images) :]]
+    patterns = sorted((GIMP / "patterns").rglob("*.pat"))
+    papers = sorted((GIMP / "gimpressionist" / "Paper").glob("*.pgm"))
+    sources = [(p, read_gimp_pattern(p)) for p in patterns] + [(p, Image.open(p)) for p in papers]
     count = 0
-    for source, image in zip(sources, images, strict=True):
+    for source, image in sources:
         width, height = image.size
         for crop in range(CROPS_PER_TEXTURE):
             side = int(rng.integers(32, 129))

@@ -38,10 +38,13 @@ _DENIED = json.dumps(
 
 
 def write_keys(run_dir: Path) -> dict[str, str]:
-    """Create ``run_dir/key_file.json`` (0600) with fresh keys, or the injected inference key."""
+    """Create ``run_dir/key_file.json`` (0600) with fresh keys, or the injected inference key.
+
+    Fresh keys are 192 random bits in hex: a URL-safe base64 key starts with "-" one time in 64,
+    and ``trustgc classify --token KEY`` (argparse) then reads it as an option."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    inference = os.environ.get(KEY_ENV) or secrets.token_urlsafe(24)
-    keys = {"inference": inference, "management": secrets.token_urlsafe(24)}
+    inference = os.environ.get(KEY_ENV) or secrets.token_hex(24)
+    keys = {"inference": inference, "management": secrets.token_hex(24)}
     path = run_dir / "key_file.json"
     temporary = path.with_suffix(".tmp")
     temporary.unlink(missing_ok=True)

@@ -201,3 +201,25 @@ def test_a_failed_certificate_fails_only_its_image() -> None:
         "error",
         f"decision {answers[0].response.decision}",
     ]
+
+
+def test_fresh_keys_are_hex_in_a_private_file(tmp_path, monkeypatch) -> None:
+    """write_keys: 192-bit hex keys (never a leading "-", which a command line would read as an
+    option), the file readable by its owner only, and an injected inference key kept."""
+    import json
+    import re
+    import stat
+
+    from serving.kserve_guard import KEY_ENV, write_keys
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    for run in range(20):
+        keys = write_keys(tmp_path / str(run))
+        assert all(re.fullmatch(r"[0-9a-f]{48}", key) for key in keys.values()), keys
+        assert keys["inference"] != keys["management"]
+    path = tmp_path / "0" / "key_file.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    monkeypatch.setenv(KEY_ENV, "injected-key")
+    keys = write_keys(tmp_path / "injected")
+    stored = json.loads((tmp_path / "injected" / "key_file.json").read_text())
+    assert keys["inference"] == stored["inference"]["key"] == "injected-key"

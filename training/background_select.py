@@ -6,8 +6,14 @@ Selection data (see training/background.py for the discipline):
   on), divided as ``trustgc calibrate`` divides it: part A fits the component references, part
   B the combined statistic's reference and is the in-distribution side of every AUC here;
 - out-of-distribution: the CIFAR-10 *train* images held out from the background model's
-  training (served decoding), and synthetic smooth noise from a seed the background training
-  never used.
+  training (served decoding), synthetic smooth noise from a seed the background training
+  never used, and i.i.d. pixel noise from three generators that neither the background
+  training nor the OoD evaluation uses (:func:`iid_noise`).
+
+``--uniform-weight w`` scores every candidate with the background density replaced by the
+mixture (1 - w) q_bg(x) + w u(x), u the uniform density on the pixel cube (log u = 0): the
+maximum-entropy image model, which explains i.i.d. noise better than any flow trained on
+photos does.
 
 Each candidate is a combined statistic over component p-values (the served construction), so
 the numbers compare what would actually ship.  Reported per candidate and OoD selection set:
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +47,13 @@ from trustgc.trust.statistics import (
     compute_statistics,
 )
 
-__all__ = ["CANDIDATES", "evaluate_candidates", "selection_statistics"]
+__all__ = [
+    "CANDIDATES",
+    "evaluate_candidates",
+    "iid_noise",
+    "mix_with_uniform",
+    "selection_statistics",
+]
 
 RATIO = "background_ratio"  # (log q_in(x) - log q_bg(x)) / D, lower tail suspicious
 SIDES = {name: s.side for name, s in STATISTICS.items()}
@@ -80,9 +93,47 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], n
 }
 
 
-def _statistics(model, background, pixels: np.ndarray) -> dict[str, np.ndarray]:
+def iid_noise(count: int, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """I.i.d. pixel noise (N, C, H, W) uint8 from generators the evaluation does not use.
+
+    Each image draws one of three kinds: salt and pepper (a dark and a bright level, a random
+    share of bright pixels), Laplace noise around a random mean, and noise over 3 to 8 random
+    grey levels.  The OoD evaluation's noise (uniform over 0..255, Gaussian around 128 with
+    sigma 50) is neither; the background training's smooth noise is spatially correlated.
+    """
+    out = np.empty((count, *shape), np.uint8)
+    for index in range(count):
+        kind = int(rng.integers(3))
+        if kind == 0:
+            low, high, share = rng.uniform(0, 80), rng.uniform(175, 255), rng.uniform(0.1, 0.9)
+            values = np.where(rng.random(shape) < share, high, low)
+        elif kind == 1:
+            values = rng.laplace(rng.uniform(40, 215), rng.uniform(10, 60), shape)
+        else:
+            levels = rng.uniform(0, 255, int(rng.integers(3, 9)))
+            values = levels[rng.integers(levels.size, size=shape)]
+        out[index] = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return out
+
+
+def mix_with_uniform(log_density: np.ndarray, weight: float) -> np.ndarray:
+    """log((1 - weight) q(x) + weight * 1) for log q(x) on [0, 1]^D; weight 0 leaves it."""
+    if weight == 0.0:
+        return log_density
+    return np.logaddexp(log_density + np.log1p(-weight), np.log(weight))
+
+
+def _statistics(
+    model, background, pixels: np.ndarray, uniform_weight: float = 0.0
+) -> dict[str, np.ndarray]:
     """Every registered statistic plus the background ratio, for uint8 (N, C, H, W)."""
     outputs = model_outputs(model, torch.from_numpy(pixels), 500, background=background)
+    outputs = replace(
+        outputs,
+        background_log_likelihood=mix_with_uniform(
+            outputs.background_log_likelihood, uniform_weight
+        ),
+    )
     statistics = compute_statistics(outputs, pixels, sorted(STATISTICS))
     statistics["background_nll"] = -outputs.background_log_likelihood / outputs.dim
     return statistics
@@ -95,6 +146,7 @@ def selection_statistics(
     photos: int = 2000,
     noise: int = 1000,
     seed: int = 0,
+    uniform_weight: float = 0.0,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Statistics of the selection sets: calibration parts A and B, held-out photos, noise."""
     model, manifest = load_model(model_dir)
@@ -115,8 +167,12 @@ def selection_statistics(
         "calibration_b": pixels[order[half:]],
         "cifar10_train_held_out": cifar_train[chosen],
         "smooth_noise": smooth_noise(noise, shape, rng),
+        "iid_noise": iid_noise(noise, shape, rng),
     }
-    return {name: _statistics(model, background, images) for name, images in sets.items()}
+    return {
+        name: _statistics(model, background, images, uniform_weight)
+        for name, images in sets.items()
+    }
 
 
 def evaluate_candidates(stats: dict[str, dict[str, np.ndarray]], alpha: float = 0.01) -> dict:
@@ -168,10 +224,26 @@ def main(argv: list[str] | None = None) -> int:
         "--data-root", type=Path, default=data_root(), help="default: $TRUSTGC_DATA"
     )
     parser.add_argument("--out", type=Path, help="write the JSON result here")
+    parser.add_argument("--seed", type=int, default=0, help="draws the photos and the noise")
+    parser.add_argument(
+        "--uniform-weight",
+        type=float,
+        default=0.0,
+        help="score with the background (1 - w) q_bg + w * uniform (default 0: q_bg alone)",
+    )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.uniform_weight < 1.0:
+        parser.error("--uniform-weight must be in [0, 1)")
     torch.set_num_threads(1)
-    stats = selection_statistics(args.model, args.background, args.data_root)
-    result = evaluate_candidates(stats)
+    stats = selection_statistics(
+        args.model,
+        args.background,
+        args.data_root,
+        seed=args.seed,
+        uniform_weight=args.uniform_weight,
+    )
+    result = {"uniform_weight": args.uniform_weight, "seed": args.seed}
+    result.update(evaluate_candidates(stats))
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

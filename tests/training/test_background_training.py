@@ -15,7 +15,7 @@ import pytest
 
 import training.background as background_module
 from training.background import selection_split, train_background
-from training.background_select import SIDES, evaluate_candidates
+from training.background_select import SIDES, evaluate_candidates, iid_noise, mix_with_uniform
 from trustgc.artifact import load_model
 from trustgc.config import load_config_file
 
@@ -103,3 +103,25 @@ def test_selection_report_has_the_background_fit():
     ratio = report["candidates"]["ratio_alone"]
     assert ratio["cifar10_train_held_out"]["auc_percent"] > 99.0
     assert 35.0 < ratio["smooth_noise"]["auc_percent"] < 65.0
+
+
+def test_iid_noise_is_seeded_uint8_and_spatially_uncorrelated():
+    images = iid_noise(300, (1, 28, 28), np.random.default_rng(5))
+    again = iid_noise(300, (1, 28, 28), np.random.default_rng(5))
+    assert images.dtype == np.uint8 and images.shape == (300, 1, 28, 28)
+    np.testing.assert_array_equal(images, again)
+    # i.i.d. pixels: neighbours are uncorrelated (the smooth-noise family's are not)
+    centred = images.astype(float) - images.mean(axis=(2, 3), keepdims=True)
+    left, right = centred[..., :-1].ravel(), centred[..., 1:].ravel()
+    assert abs(np.corrcoef(left, right)[0, 1]) < 0.02
+    # three kinds: two-level salt and pepper, 3-8 grey levels, and many-valued Laplace noise
+    levels = np.array([np.unique(image).size for image in images])
+    assert (levels == 2).any() and ((levels >= 3) & (levels <= 8)).any() and (levels > 30).any()
+
+
+def test_uniform_mixture_against_hand_computation():
+    log_q = np.array([-500.0, 0.0, 3.0])
+    np.testing.assert_array_equal(mix_with_uniform(log_q, 0.0), log_q)
+    mixed = mix_with_uniform(log_q, 0.25)
+    expected = [np.log(0.25), np.log(0.75 + 0.25), np.log(0.75 * np.exp(3.0) + 0.25)]
+    np.testing.assert_allclose(mixed, expected, rtol=1e-12, atol=1e-15)

@@ -16,6 +16,26 @@ def _format(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
+def _epochs(training: dict[str, Any]) -> str:
+    """Complete epochs, plus the passes over the data when a run stopped mid-epoch.
+
+    A run stopped by a time budget has seen more data than its count of complete epochs says
+    (605 steps of 214 per epoch, 256 images each, are 2.8 epochs, of which 2 complete).
+    """
+    complete = training.get("epochs_completed")
+    batch = (training.get("config") or {}).get("batch_size")
+    steps, size = training.get("steps"), training.get("train_size")
+    if None in (complete, batch, steps, size) or not size:
+        return f"{complete} epochs"
+    steps_per_epoch = size // training.get("world_size", 1) // batch  # as the trainer counts
+    if steps_per_epoch < 1:
+        return f"{complete} epochs"
+    seen = steps / steps_per_epoch
+    if abs(seen - complete) < 0.05:
+        return f"{complete} epochs"
+    return f"{seen:.1f} epochs ({complete} complete)"
+
+
 def write_model_card(directory: Path, manifest: ModelManifest, metrics: dict[str, Any]) -> None:
     training = manifest.training
     config = manifest.config
@@ -30,7 +50,7 @@ def write_model_card(directory: Path, manifest: ModelManifest, metrics: dict[str
         f"{training.get('calibration_size')} images (seed {training.get('calibration_seed')}); "
         f"trained on {training.get('train_size')} images",
         f"- IB weight beta: {training.get('beta')}",
-        f"- Training: {training.get('epochs_completed')} epochs, {training.get('steps')} steps, "
+        f"- Training: {_epochs(training)}, {training.get('steps')} steps, "
         f"{training.get('training_seconds')} s on {training.get('hardware')} "
         f"(world size {training.get('world_size')}, torch {training.get('torch_version')})",
         f"- Command: `{training.get('command')}`",

@@ -7,6 +7,12 @@ for that image, about 1 s at n = 1,000 on one CPU core, and the other requests o
 for it: each deployment caps n (``max_certify_samples``, default
 :data:`DEFAULT_MAX_CERTIFY_SAMPLES`; 0 turns certification off), and a request above the cap is
 refused with ``invalid_parameter`` before any work is done (docs/serving.md).
+
+On TorchServe no plain request waits for a certificate: a registration that answers batches
+(batch size above 1) refuses ``certify`` with ``invalid_parameter`` naming the registration
+that computes them, ``NAME_certify`` (:func:`certify_registration`; batch size 1, one worker,
+registered by ``trustgc serve``), unless its yaml sets ``certify_in_batches: true``.  KServe
+computes certificates after the batch and needs no such registration.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CERTIFY_ALPHA",
+    "CERTIFY_SUFFIX",
     "DEFAULT_CERTIFY_SIGMA",
     "DEFAULT_MAX_CERTIFY_SAMPLES",
     "CERTIFICATE_FAILED",
     "MAX_CERTIFY_SAMPLES",
     "certificate_for",
+    "certify_registration",
     "check_certify_limit",
     "with_certificate",
 ]
@@ -43,19 +51,37 @@ CERTIFY_ALPHA = 0.001
 #: The message of the internal error answered when one request's certificate fails: only that
 #: request fails, never its batch-mates.
 CERTIFICATE_FAILED = "the certificate could not be computed; retry, or ask without certify"
+#: TorchServe serves a model NAME's certificates under NAME + this suffix (serving/server.py).
+CERTIFY_SUFFIX = "_certify"
 
 
-def check_certify_limit(samples: int, max_samples: int) -> None:
-    """Refuse a request for more noisy copies than this deployment allows."""
-    if samples <= max_samples:
+def certify_registration(model: str) -> str:
+    """The TorchServe registration that computes ``model``'s certificates (itself when ``model``
+    already is one)."""
+    return model if model.endswith(CERTIFY_SUFFIX) else f"{model}{CERTIFY_SUFFIX}"
+
+
+def check_certify_limit(samples: int, max_samples: int, certify_at: str | None = None) -> None:
+    """Refuse a request for more noisy copies than this deployment allows, or any certificate
+    where ``certify_at`` names the registration that computes them instead (a batched one)."""
+    if samples <= 0:
         return
     if max_samples == 0:
         message = "certification is turned off on this server (max_certify_samples = 0)"
-    else:
+    elif certify_at is not None:
+        message = (
+            "certify: this registration answers requests in shared batches and computes no "
+            "certificates (one takes ~1 s and would hold its batch-mates); send certify requests "
+            f"to the model {certify_at} (/predictions/{certify_at}; `trustgc classify --certify "
+            "N` does so itself)"
+        )
+    elif samples > max_samples:
         message = (
             f"certify = {samples} noisy copies exceeds this server's limit of {max_samples} "
             "(max_certify_samples)"
         )
+    else:
+        return
     raise InputError(ErrorCode.INVALID_PARAMETER, message)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import requests
 
-from serving.certificates import DEFAULT_CERTIFY_SIGMA
+from serving.certificates import DEFAULT_CERTIFY_SIGMA, certify_registration
 from serving.grpc_stubs import inference_pb2, inference_pb2_grpc
 from serving.keys import read_keys
 from serving.schema import ClassificationResponse, ErrorResponse
@@ -133,23 +133,47 @@ class RetryingClient:
         raise NotImplementedError
 
 
+def _model_not_found(error: ClientError) -> bool:
+    """TorchServe's answer for a model name it does not serve: REST 404; over gRPC INTERNAL
+    naming its ModelNotFoundException (NOT_FOUND accepted too)."""
+    return error.status in (404, "NOT_FOUND") or (
+        error.status == "INTERNAL" and "ModelNotFoundException" in error.body
+    )
+
+
 @dataclass
 class ClassifierClient(RetryingClient):
-    """Talks to one TorchServe model over REST (``http_url``) or gRPC (``grpc_target``)."""
+    """Talks to one TorchServe model over REST (``http_url``) or gRPC (``grpc_target``).
+
+    A request with ``certify`` goes to the model's certify registration (``MODEL_certify``,
+    batch size 1: serving/server.py), since the batched one refuses it; when the server has
+    none (started with ``--no-certify-registration``), to ``model`` itself, whose answer then
+    says why it cannot certify (or certifies, where its yaml allows it).
+    """
+
+    #: Where certify requests go; None: the model's certify registration, ``MODEL_certify``.
+    certify_model: str | None = None
 
     def _classify(self, image: bytes, options: dict[str, bool | int | float], use_grpc: bool):
-        if use_grpc:
-            return self._classify_grpc(image, options)
-        return self._classify_http(image, options)
+        send = self._classify_grpc if use_grpc else self._classify_http
+        if not options.get("certify"):
+            return send(image, options, self.model)
+        certify_model = self.certify_model or certify_registration(self.model)
+        try:
+            return send(image, options, certify_model)
+        except ClientError as error:
+            if certify_model == self.model or not _model_not_found(error):
+                raise
+        return send(image, options, self.model)
 
-    def _classify_http(self, image: bytes, options: dict[str, bool | int | float]):
+    def _classify_http(self, image: bytes, options: dict[str, bool | int | float], model: str):
         headers = {"Content-Type": "application/octet-stream"}
         for key, value in options.items():
             name = "-".join(part.capitalize() for part in key.split("_"))  # top_k -> Top-K
             headers[f"X-Trustgc-{name}"] = _option_text(value)
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        url = f"{self.http_url}/predictions/{self.model}"
+        url = f"{self.http_url}/predictions/{model}"
         for attempt in range(self.retries + 1):
             try:
                 answer = requests.post(url, data=image, headers=headers, timeout=self.timeout)
@@ -172,10 +196,10 @@ class ClassifierClient(RetryingClient):
             raise ClientError(answer.status_code, answer.text)
         raise AssertionError("unreachable")
 
-    def _classify_grpc(self, image: bytes, options: dict[str, bool | int | float]):
+    def _classify_grpc(self, image: bytes, options: dict[str, bool | int | float], model: str):
         fields = {key: _option_text(value).encode() for key, value in options.items()}
         request = inference_pb2.PredictionsRequest(
-            model_name=self.model, input={"data": image, **fields}
+            model_name=model, input={"data": image, **fields}
         )
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
         with grpc.insecure_channel(self.grpc_target) as channel:

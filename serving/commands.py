@@ -90,6 +90,12 @@ def add_server(commands: Subparsers) -> None:
         )
         if name != "stop":
             parser.add_argument(
+                "--no-certify-registration",
+                action="store_true",
+                help="TorchServe: do not register NAME_certify (batch size 1, one worker) beside "
+                "each model; certify requests are then refused (docs/serving.md)",
+            )
+            parser.add_argument(
                 "--model",
                 action="append",
                 metavar="DIR[=NAME]",
@@ -103,7 +109,11 @@ def server_settings(args: argparse.Namespace):
     """The launcher's settings from the flags (the rest: ServerSettings' documented defaults)."""
     from serving.server import ServerSettings, parse_model_spec
 
-    settings = ServerSettings(auth=not args.no_auth, host=args.host)
+    settings = ServerSettings(
+        auth=not args.no_auth,
+        host=args.host,
+        certify_registration=not getattr(args, "no_certify_registration", False),
+    )
     if args.model_store:
         settings.model_store = args.model_store
     if getattr(args, "run_dir", None):
@@ -170,7 +180,8 @@ def add_classify(commands: Subparsers) -> None:
         default=0,
         metavar="N",
         help="also ask for a randomized-smoothing certificate from N noisy copies (the server "
-        "caps N: max_certify_samples, 1000 by default; ~1 s per image at 1000)",
+        "caps N: max_certify_samples, 1000 by default; ~1 s per image at 1000); on TorchServe "
+        "sent to the model's certify registration, MODEL_certify",
     )
     parser.add_argument(
         "--sigma", type=float, default=0.25, help="noise level of --certify ([0, 1] pixels)"

@@ -21,6 +21,7 @@ import torch
 from serving.certificates import (
     CERTIFICATE_FAILED,
     DEFAULT_MAX_CERTIFY_SAMPLES,
+    certify_registration,
     check_certify_limit,
     with_certificate,
 )
@@ -76,6 +77,7 @@ class TrustGCHandler:
         self.limits = DecodeLimits()
         self.max_certify_samples = DEFAULT_MAX_CERTIFY_SAMPLES
         self.certify_seed: int | None = None  # fresh noise per certificate (tests may fix it)
+        self.certify_at: str | None = None  # set on a batched registration: where certify goes
         self.model_name = "unknown"
         self.model_version = "1"
 
@@ -102,6 +104,15 @@ class TrustGCHandler:
         )
         seed = settings.get("certify_seed")
         self.certify_seed = None if seed is None else int(seed)
+        # A certificate (~1 s) holds every request of its batch: a batched registration sends
+        # certify requests to NAME_certify (batch size 1, serving/server.py) unless told not to.
+        batch_size = int(context.system_properties.get("batch_size") or 1)
+        registered = getattr(context, "model_name", None) or self.model_name
+        self.certify_at = (
+            certify_registration(registered)
+            if batch_size > 1 and not settings.get("certify_in_batches", False)
+            else None
+        )
         self.metrics = None
         if context.metrics:
             self.metrics = HandlerMetrics(
@@ -133,7 +144,7 @@ class TrustGCHandler:
         for index, entry in enumerate(data):
             try:
                 image_bytes, options = parse_request(entry, _headers(context, index))
-                check_certify_limit(options.certify, self.max_certify_samples)
+                check_certify_limit(options.certify, self.max_certify_samples, self.certify_at)
                 good.append(
                     (
                         index,

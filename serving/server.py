@@ -11,10 +11,24 @@ the artifact (:func:`prepare_models`).  Starting is safe to retry: a second star
 directory's server runs is refused before anything is touched (its key file stays valid), a
 model that cannot load fails the start within seconds with the line of TorchServe's log that
 says why, and every failure path stops java again.
+
+Certificates get their own registration.  Next to each served model NAME (batched: its
+archive's batchSize, 16 in production) TorchServe also serves ``NAME_certify``
+(:func:`serving.certificates.certify_registration`): the same archive with batch size 1 and one
+worker, where requests with the ``certify`` option go (the batched registration refuses them,
+because a certificate, ~1 s at n = 1,000, holds every request of its batch).  TorchServe 0.12
+gives an archive's own ``model-config.yaml`` precedence over the ``models=`` JSON of
+config.properties for batchSize, maxBatchDelay and workers (``ModelManager.createModel``,
+``ModelServer.initModelStore``), so per-registration settings cannot come from the config file:
+the archive is unpacked into ``RUN_DIR/certify/NAME_certify/`` with only its yaml changed
+(:func:`prepare_certify_registrations`), and TorchServe loads that directory by its absolute
+path.  ``ServerSettings.certify_registration = False`` (``--no-certify-registration``) leaves it
+out; an archive whose ``max_certify_samples`` is 0 never gets one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,12 +37,18 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import yaml
 
 from serving import paths
+from serving.certificates import (
+    DEFAULT_MAX_CERTIFY_SAMPLES,
+    certify_registration,
+)
 from serving.keys import KEY_FILE, read_keys
 from serving.processes import alive as _alive
 
@@ -38,16 +58,23 @@ __all__ = [
     "StartFailed",
     "ServerSettings",
     "TorchServe",
+    "certify_registrations",
     "model_names",
     "parse_model_spec",
+    "prepare_certify_registrations",
     "prepare_models",
     "read_keys",
+    "served_names",
 ]
 
 #: TorchServe model names (they appear in URLs and metric labels).
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: How long a model may take to become READY once TorchServe runs (the shipped model: ~10 s).
 READY_TIMEOUT = 180.0
+#: Where the certify registrations' unpacked archives go, under the run directory.
+CERTIFY_DIR = "certify"
+#: What a certify registration changes in its archive's model-config.yaml (TorchServe's keys).
+CERTIFY_REGISTRATION_CONFIG = {"batchSize": 1, "minWorkers": 1, "maxWorkers": 1}
 #: Log lines that mean a model will never load: fail the start on the first one.
 _LOAD_FAILURES = (
     "Load model failed",
@@ -123,6 +150,76 @@ def model_names(settings: ServerSettings) -> list[str]:
     return [item.split("=", 1)[0] for item in settings.models.split(",") if item]
 
 
+def _archive_model_config(archive: Path) -> tuple[str, dict]:
+    """The archive's model-config file name and its settings (TorchServe reads the same)."""
+    with zipfile.ZipFile(archive) as packed:
+        manifest = json.loads(packed.read("MAR-INF/MANIFEST.json"))
+        name = manifest.get("model", {}).get("configFile")
+        if not name:
+            return "", {}
+        return name, yaml.safe_load(packed.read(name)) or {}
+
+
+def certify_registrations(settings: ServerSettings) -> list[tuple[str, Path]]:
+    """(NAME_certify, its archive) for every served model that gets a certify registration.
+
+    None when ``settings.certify_registration`` is off; none for an archive that is missing
+    (:meth:`TorchServe.check_archives` says so), is not a .mar, or turns certificates off
+    (``max_certify_samples: 0``).  Two registrations may not share a name.
+    """
+    if not settings.certify_registration:
+        return []
+    store = Path(settings.model_store)
+    served = model_names(settings)
+    found = []
+    for item in settings.models.split(","):
+        name, _, file = item.partition("=")
+        archive = store / file
+        if not file.endswith(".mar") or not archive.is_file():
+            continue
+        _, config = _archive_model_config(archive)
+        trustgc = config.get("trustgc") or {}
+        if int(trustgc.get("max_certify_samples", DEFAULT_MAX_CERTIFY_SAMPLES)) <= 0:
+            continue
+        certify_name = certify_registration(name)
+        if certify_name in served or not _MODEL_NAME.fullmatch(certify_name):
+            raise ValueError(
+                f"model {name!r}: its certify registration {certify_name!r} clashes with a "
+                "served model or is not a valid name (at most 64 characters); rename the model "
+                "or start with --no-certify-registration"
+            )
+        found.append((certify_name, archive))
+    return found
+
+
+def prepare_certify_registrations(settings: ServerSettings) -> str:
+    """Unpack each certify registration's archive into the run directory with its yaml changed
+    (:data:`CERTIFY_REGISTRATION_CONFIG`); the ``NAME=DIR,...`` items TorchServe loads."""
+    items = []
+    for name, archive in certify_registrations(settings):
+        target = (Path(settings.run_dir) / CERTIFY_DIR / name).resolve()
+        building = target.with_name(f"{name}.partial")
+        shutil.rmtree(building, ignore_errors=True)
+        with zipfile.ZipFile(archive) as packed:
+            packed.extractall(building)
+        config_name, config = _archive_model_config(archive)
+        config.update(CERTIFY_REGISTRATION_CONFIG)
+        (building / config_name).write_text(
+            f"# Written by trustgc serve for the certify registration {name}: the settings of\n"
+            f"# {archive} with batchSize 1 and one worker (serving/server.py).\n"
+            + yaml.safe_dump(config, sort_keys=False)
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        building.rename(target)
+        items.append(f"{name}={target}")
+    return ",".join(items)
+
+
+def served_names(settings: ServerSettings) -> list[str]:
+    """Every registration a start serves: the models and their certify registrations."""
+    return model_names(settings) + [name for name, _ in certify_registrations(settings)]
+
+
 @dataclass
 class ServerSettings:
     """Where and how to run; defaults are the production config's, with the files and folders
@@ -144,6 +241,8 @@ class ServerSettings:
         }
     )
     overrides: dict[str, str] = field(default_factory=dict)
+    #: Serve NAME_certify (batch size 1, one worker) beside each model NAME (module docstring).
+    certify_registration: bool = True
     config_template: Path = field(default_factory=paths.config_template)
     metrics_config: Path = field(default_factory=paths.metrics_config)
 
@@ -314,9 +413,17 @@ class TorchServe:
         self.log_dir.mkdir(exist_ok=True)
         self.temp_dir.mkdir(exist_ok=True)
         (run_dir / KEY_FILE).unlink(missing_ok=True)
+        certify = prepare_certify_registrations(self.settings)
+        load_models = ",".join(item for item in (self.settings.models, certify) if item)
+        # The config keeps production's load_models (the served archives); the certify
+        # registrations, directories in this run directory, are added by --models below,
+        # which TorchServe reads instead of load_models.
+        note = (
+            f"# load_models: TorchServe is started with --models {load_models}\n" if certify else ""
+        )
         config = run_dir / "config.properties"
         config.write_text(
-            "".join(f"{k}={v}\n" for k, v in runtime_properties(self.settings).items())
+            note + "".join(f"{k}={v}\n" for k, v in runtime_properties(self.settings).items())
         )
         torchserve = (
             shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
@@ -330,7 +437,7 @@ class TorchServe:
             "--model-store",
             str(Path(self.settings.model_store).resolve()),
             "--models",
-            self.settings.models,
+            load_models,
         ]
         if not self.settings.auth:
             command.append("--disable-token-auth")
@@ -441,15 +548,22 @@ def _announce(settings: ServerSettings) -> None:
         f"{settings.url('inference')}/predictions/{name}"
         for name in model_names(settings)
     )
+    certify = [name for name, _ in certify_registrations(settings)]
+    certify_line = (
+        f"\ncertificates (option certify=N): {', '.join(certify)}, one request at a time "
+        "(`trustgc classify --certify N` goes there itself)"
+        if certify
+        else ""
+    )
     print(
-        f"serving {', '.join(model_names(settings))}; classify an image with:{urls}\n"
+        f"serving {', '.join(model_names(settings))}; classify an image with:{urls}{certify_line}\n"
         f"metrics: {settings.url('metrics')}/metrics",
         flush=True,
     )
 
 
 def _wait_all(server: TorchServe, cancelled=lambda: False) -> None:
-    for name in model_names(server.settings):
+    for name in served_names(server.settings):
         server.wait_ready(name, timeout=READY_TIMEOUT, cancelled=cancelled)
 
 

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/served_certify.py --out docs/results/served_certify.json
     .venv/bin/python benchmarks/served_certify.py --quick          # smoke run, small n
+    .venv/bin/python benchmarks/served_certify.py --registration \
+        --out docs/results/served_certify_registration.json      # TorchServe: where to certify
 
 Starts a real TorchServe (the shipped archive, production config, token auth) and the KServe
 runtime (same artifact, its default settings) on free loopback ports, then per runtime:
@@ -10,10 +12,19 @@ runtime (same artifact, its default settings) on free loopback ports, then per r
 - ``certify n``: latency of a request with ``certify = n`` (sigma 0.25), sent alone, for each n;
 - ``beside``: the latency of 8 plain requests sent together with one ``certify = n_max``
   request (at the same moment, and 20 ms after it), against the same 8 sent with nothing beside
-  them.  On TorchServe a plain request that lands in the certifying request's batch (the same
-  5 ms batching window) waits for the certificate; later ones go to the other worker.  KServe
-  computes certificates after the batch, in a thread pool, so its plain requests should not
-  wait in either case.
+  them.  On TorchServe the certifying request goes to the certify registration
+  ``fashion_mnist_certify`` (batch size 1, one worker; the batched registration refuses
+  certificates, serving/server.py).  KServe computes certificates after the batch, in a thread
+  pool, so its plain requests should not wait in either case.
+
+``--registration`` compares, on one TorchServe and in one run, the two places a TorchServe
+certificate can be computed: the 8 plain requests (to ``fashion_mnist``) sent with one
+``certify = n_max`` request to the batched registration itself (the old shared batch: this run's
+archive is the shipped artifact packed with ``certify_in_batches: true``, into a temporary
+store), and with it sent to the certify registration; rounds alternate between the two.  It
+also measures what the certify registration costs: TorchServe's time until every worker is
+READY and each worker's resident memory (VmRSS, by the workers' pids in the management API),
+from starts of the shipped archive with and without it (alternating).
 
 Latencies are the client's wall clock (same machine).  Results are printed as a table.
 """
@@ -148,6 +159,175 @@ def run_kserve(images: list[bytes], args: argparse.Namespace) -> dict:
         process.stop()
 
 
+def _archive_with(store: Path, **trustgc: object) -> str:
+    """The shipped artifact packed into ``store`` with these handler settings changed; TorchServe's
+    ``--models`` value."""
+    import yaml
+
+    from serving import paths
+    from serving.server import ModelSpec, prepare_models
+
+    config = yaml.safe_load(paths.model_config().read_text())
+    config["trustgc"].update(trustgc)
+    model_config = store / "model-config.yaml"
+    store.mkdir(parents=True, exist_ok=True)
+    model_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    return prepare_models([ModelSpec(MODEL_DIR, "fashion_mnist")], store, model_config)
+
+
+def beside_where(client, images: list[bytes], args: argparse.Namespace) -> dict:
+    """The 8 plain requests alone, with one certify = n_max sent to the batched registration
+    (shared batch) and with it sent to the certify registration; rounds alternate."""
+    from dataclasses import replace
+
+    for image in images[:4]:  # warm-up: both batched workers, both flows
+        client.classify(image)
+    largest = max(args.n)
+    burst = images[:BESIDE]
+    targets = {"shared_batch": client.model, "certify_registration": None}
+    for target in targets.values():  # warm-up: the certifying worker of each target
+        replace(client, certify_model=target).classify(images[0], certify=10, certify_sigma=SIGMA)
+    rows: dict = {"n": largest, "offset_ms": 0}
+    alone = [latency for _ in range(args.repeats) for latency in plain_burst(client, burst)]
+    rows["plain_alone_ms"] = {"median": statistics.median(alone), "max": max(alone)}
+    collected = {name: ([], []) for name in targets}
+    for _ in range(args.repeats):
+        for name, target in targets.items():
+            certifier = replace(client, certify_model=target)
+            beside, certifying = collected[name]
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                future = pool.submit(
+                    timed,
+                    lambda c=certifier: c.classify(images[0], certify=largest, certify_sigma=SIGMA),
+                )
+                beside += plain_burst(client, burst)
+                latency, answer = future.result()
+            if getattr(answer, "certificate", None) is None:
+                raise RuntimeError(f"{name}: no certificate in {answer}")
+            certifying.append(latency)
+    for name, (beside, certifying) in collected.items():
+        rows[name] = {
+            "median": statistics.median(beside),
+            "max": max(beside),
+            "certifying_ms": statistics.median(certifying),
+            "plain_ms": beside,
+        }
+    return rows
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def start_cost(certify_registration: bool) -> dict:
+    """One start of the shipped archive: seconds until every worker is READY, workers' RSS."""
+    import requests
+
+    from serving.server import ServerSettings, TorchServe, _wait_all, served_names
+
+    settings = ServerSettings(
+        run_dir=Path(tempfile.mkdtemp(prefix="served-certify-start-")),
+        auth=True,
+        ports=free_ports(PORT_NAMES),
+        certify_registration=certify_registration,
+    )
+    server = TorchServe(settings)
+    started = time.monotonic()
+    server.start()
+    try:
+        _wait_all(server)
+        ready = time.monotonic() - started
+        time.sleep(2.0)  # let the workers settle after loading
+        rss = {}
+        for name in served_names(settings):
+            (described,) = requests.get(
+                f"{settings.url('management')}/models/{name}",
+                headers=server.headers("management"),
+                timeout=10,
+            ).json()
+            rss[name] = [_rss_mb(int(worker["pid"])) for worker in described["workers"]]
+        java = server.frontend_pid()
+        return {
+            "certify_registration": certify_registration,
+            "ready_s": ready,
+            "worker_rss_mb": rss,
+            "frontend_rss_mb": _rss_mb(java),
+        }
+    finally:
+        server.stop()
+
+
+def run_registration(images: list[bytes], args: argparse.Namespace) -> dict:
+    """``--registration``: where TorchServe computes a certificate, and what that costs."""
+    from serving.client import ClassifierClient
+    from serving.server import ServerSettings, TorchServe, _wait_all
+
+    run_dir = Path(tempfile.mkdtemp(prefix="served-certify-registration-"))
+    settings = ServerSettings(run_dir=run_dir, auth=True, ports=free_ports(PORT_NAMES))
+    settings.model_store = run_dir / "model_store"
+    settings.models = _archive_with(settings.model_store, certify_in_batches=True)
+    server = TorchServe(settings)
+    server.start()
+    try:
+        _wait_all(server)
+        client = ClassifierClient(
+            model="fashion_mnist",
+            http_url=settings.url("inference"),
+            token=server.keys()["inference"],
+            timeout=120,
+        )
+        rows = beside_where(client, images, args)
+    finally:
+        server.stop()
+    starts = [start_cost(on) for _ in range(args.starts) for on in (True, False)]
+    rows["starts"] = {
+        "with_certify_registration": [s for s in starts if s["certify_registration"]],
+        "without": [s for s in starts if not s["certify_registration"]],
+    }
+    return rows
+
+
+def render_registration(rows: dict) -> str:
+    """The --registration table: plain latencies by where the certificate ran, then the cost."""
+    lines = [
+        f"| 8 plain requests sent with one certify {rows['n']} | plain median ms | plain max ms "
+        "| certifying request ms |",
+        "|---|---|---|---|",
+        f"| alone (no certificate) | {rows['plain_alone_ms']['median']:.0f} "
+        f"| {rows['plain_alone_ms']['max']:.0f} | - |",
+    ]
+    for name, text in (
+        ("shared_batch", "certificate in the batched registration (old)"),
+        ("certify_registration", "certificate on fashion_mnist_certify"),
+    ):
+        row = rows[name]
+        lines.append(
+            f"| {text} | {row['median']:.0f} | {row['max']:.0f} | {row['certifying_ms']:.0f} |"
+        )
+    starts = rows.get("starts")
+    if starts:
+        lines += [
+            "",
+            "| start | ready s (median) | worker RSS MB (median per worker) |",
+            "|---|---|---|",
+        ]
+        for name, runs in starts.items():
+            ready = statistics.median(run["ready_s"] for run in runs)
+            per_worker = {}
+            for run in runs:
+                for registration, values in run["worker_rss_mb"].items():
+                    per_worker.setdefault(registration, []).extend(values)
+            rss = ", ".join(
+                f"{registration} {statistics.median(values):.0f} x {len(values) // len(runs)}"
+                for registration, values in per_worker.items()
+            )
+            lines.append(f"| {name} | {ready:.1f} | {rss} |")
+    return "\n".join(lines)
+
+
 def render(result: dict) -> str:
     ns = result["n"]
     head = " | ".join(f"certify {n} ms" for n in ns)
@@ -175,10 +355,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runtimes", nargs="+", default=["torchserve", "kserve"])
     parser.add_argument("--quick", action="store_true", help="n 20 and 50, 2 repeats")
+    parser.add_argument(
+        "--registration",
+        action="store_true",
+        help="TorchServe only: shared batch against the certify registration, and its cost",
+    )
+    parser.add_argument("--starts", type=int, default=2, help="--registration: starts each way")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.plain, args.repeats = [20, 50], 4, 2
+        args.n, args.plain, args.repeats, args.starts = [20, 50], 4, 2, 1
     return args
 
 
@@ -186,6 +372,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     images, source = fashion_png_images(max(args.plain, args.repeats, BESIDE))
     load_before = load_average()
+    if args.registration:
+        result = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": cpu_name(),
+            "images": source,
+            "load_before": load_before,
+            "sigma": SIGMA,
+            "repeats": args.repeats,
+            "torchserve": run_registration(images, args),
+            "load_after": load_average(),
+        }
+        print(render_registration(result["torchserve"]))
+        print(f"load average before / after: {load_before} / {result['load_after']}")
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
     runners = {"torchserve": run_torchserve, "kserve": run_kserve}
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -3,8 +3,8 @@
 A request asks for one with ``certify`` = n (noisy copies) and optionally ``certify_sigma``; the
 answer then carries a :class:`~serving.schema.Certificate` (Cohen et al., ICML 2019, computed by
 :meth:`trustgc.trust.predictor.Predictor.certify`).  It costs n0 + n forward passes of the flow
-for that image, about 1 s at n = 1,000 on one CPU core, and the other requests of its batch wait
-for it: each deployment caps n (``max_certify_samples``, default
+for that image, about 1 s at n = 1,000 on one CPU core, and any request batched with it would
+wait for it: each deployment caps n (``max_certify_samples``, default
 :data:`DEFAULT_MAX_CERTIFY_SAMPLES`; 0 turns certification off), and a request above the cap is
 refused with ``invalid_parameter`` before any work is done (docs/serving.md).
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import norm
 
 from training.background import selection_split, smooth_noise
 from training.calibrate import calibration_split
@@ -49,6 +50,8 @@ from trustgc.trust.statistics import (
 
 __all__ = [
     "CANDIDATES",
+    "FITTED_CANDIDATES",
+    "copula_density_candidate",
     "evaluate_candidates",
     "iid_noise",
     "mix_with_uniform",
@@ -89,6 +92,50 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, np.ndarray]], n
             _fisher(p, ("complexity_corrected", "max_posterior", RATIO)),
             -np.log(p["typicality"]),
         ),
+    ),
+}
+
+
+def normal_scores(reference: EmpiricalReference, scores: np.ndarray) -> np.ndarray:
+    """Each score as a standard normal quantile of the reference's law (tails extrapolated):
+    positive in the upper half, ``norm.isf`` so that p-values far below 1e-16 keep their z."""
+    upper = np.maximum(reference.p_upper(scores), 1e-300)
+    lower = np.maximum(reference.p_lower(scores), 1e-300)
+    return np.where(upper <= lower, norm.isf(upper), -norm.isf(lower))
+
+
+def copula_density_candidate(
+    part_a: dict[str, np.ndarray], components: tuple[str, ...]
+) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """T = z^T R^-1 z over the components' normal scores, R their correlation on part A.
+
+    The Gaussian-copula form of Density of States Estimation (Morningstar et al., AISTATS 2021):
+    a density over the vector of summary statistics fitted on in-distribution data only, so that
+    a combination rare *jointly* ranks above one rare in a single, often-extreme component.
+    """
+    references = {
+        name: EmpiricalReference(np.sort(part_a[name]), "upper", True) for name in components
+    }
+
+    def z_of(values: dict[str, np.ndarray]) -> np.ndarray:
+        return np.stack([normal_scores(references[c], values[c]) for c in components], axis=1)
+
+    precision = np.linalg.inv(np.corrcoef(z_of(part_a), rowvar=False))
+
+    def t_of(values: dict[str, np.ndarray]) -> np.ndarray:
+        z = z_of(values)
+        return np.einsum("ni,ij,nj->n", z, precision, z)
+
+    return t_of
+
+
+#: name -> (fit on part A's raw statistics -> T of raw statistics): candidates with fitted
+#: parameters beyond the component references (pre-registered in docs/method.md).
+FITTED_CANDIDATES: dict[
+    str, Callable[[dict[str, np.ndarray]], Callable[[dict[str, np.ndarray]], np.ndarray]]
+] = {
+    "copula_density": lambda part_a: copula_density_candidate(
+        part_a, COMBINATIONS[BACKGROUND_OOD_STATISTIC].components
     ),
 }
 
@@ -182,11 +229,15 @@ def evaluate_candidates(stats: dict[str, dict[str, np.ndarray]], alpha: float = 
     out_sets = [name for name in stats if not name.startswith("calibration_")]
     results = {}
 
+    fitted = {name: fit(a) for name, fit in FITTED_CANDIDATES.items()}
+
     def t_of(candidate: str, values: dict[str, np.ndarray]) -> np.ndarray:
+        if candidate in fitted:
+            return fitted[candidate](values)
         components, combine = CANDIDATES[candidate]
         return combine({c: references[c].p_value(values[c]) for c in components})
 
-    for candidate in CANDIDATES:
+    for candidate in [*CANDIDATES, *FITTED_CANDIDATES]:
         t_b = t_of(candidate, b)
         reference_b = EmpiricalReference(np.sort(t_b), "upper")
         row = {}

@@ -15,9 +15,17 @@ import pytest
 
 import training.background as background_module
 from training.background import selection_split, train_background
-from training.background_select import SIDES, evaluate_candidates, iid_noise, mix_with_uniform
+from training.background_select import (
+    SIDES,
+    copula_density_candidate,
+    evaluate_candidates,
+    iid_noise,
+    mix_with_uniform,
+    normal_scores,
+)
 from trustgc.artifact import load_model
 from trustgc.config import load_config_file
+from trustgc.trust.pvalues import EmpiricalReference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,3 +133,32 @@ def test_uniform_mixture_against_hand_computation():
     mixed = mix_with_uniform(log_q, 0.25)
     expected = [np.log(0.25), np.log(0.75 + 0.25), np.log(0.75 * np.exp(3.0) + 0.25)]
     np.testing.assert_allclose(mixed, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_normal_scores_recover_the_quantiles_of_a_normal_reference():
+    reference = EmpiricalReference(
+        np.sort(np.random.default_rng(1).normal(size=20_000)), "upper", True
+    )
+    z = normal_scores(reference, np.array([-2.0, -1.0, 0.0, 1.0, 2.0]))
+    np.testing.assert_allclose(z, [-2.0, -1.0, 0.0, 1.0, 2.0], atol=0.05)
+    # beyond the reference: the exponential tail keeps ranking, far below 1e-16 included
+    far = normal_scores(reference, np.array([10.0, 40.0, -40.0]))
+    assert 4.0 < far[0] < far[1] and far[2] < -4.0 and np.isfinite(far).all()
+
+
+def test_copula_density_is_the_mahalanobis_distance_of_correlated_normals():
+    rng = np.random.default_rng(2)
+    correlation = np.array([[1.0, 0.8], [0.8, 1.0]])
+    sample = rng.multivariate_normal([0.0, 0.0], correlation, size=20_000)
+    part_a = {"u": sample[:, 0], "v": sample[:, 1]}
+    t_of = copula_density_candidate(part_a, ("u", "v"))
+    points = np.array([[2.0, 2.0], [2.0, -2.0], [0.0, 0.0]])
+    expected = np.einsum("ni,ij,nj->n", points, np.linalg.inv(correlation), points)
+    np.testing.assert_allclose(
+        t_of({"u": points[:, 0], "v": points[:, 1]}), expected, rtol=0.1, atol=0.05
+    )
+    # in distribution T follows chi^2 with 2 degrees of freedom: its 95th percentile is 5.99
+    fresh = rng.multivariate_normal([0.0, 0.0], correlation, size=5_000)
+    assert np.quantile(t_of({"u": fresh[:, 0], "v": fresh[:, 1]}), 0.95) == pytest.approx(
+        5.99, rel=0.1
+    )

@@ -128,7 +128,7 @@ class IBINN(nn.Module):
     def score(self, x: Tensor) -> LatentScores:
         """Run the flow and score the latents: posteriors, likelihoods, bits/dim."""
         z, logdet = self(x)
-        return score_latents(z, logdet, self.head)
+        return score_latents(z, logdet, self.head, inputs=x)
 
     @torch.no_grad()
     def sample(self, class_index: int, count: int, temperature: float = 1.0) -> Tensor:

@@ -51,7 +51,7 @@ def latent_scores(model: nn.Module, x: Tensor, background: nn.Module | None = No
     like everything else here, when called outside inference mode).
     """
     z, logdet = model(x)
-    scores = score_latents(z.double(), logdet.double(), model.head)
+    scores = score_latents(z.double(), logdet.double(), model.head, inputs=x)
     if background is None:
         return scores
     return replace(scores, background_log_likelihood=latent_scores(background, x).log_likelihood)

@@ -390,4 +390,4 @@ class OnnxFlow:
     def score(self, x: Tensor) -> LatentScores:
         """Run f in onnxruntime and score the latents with the shared torch scoring code."""
         z, logdet = self(x)
-        return score_latents(z, logdet, self.head)
+        return score_latents(z, logdet, self.head, inputs=x)

@@ -65,6 +65,7 @@ class LatentScores:
     latents: Tensor  # z = f(x), (B, D)
     dim: int  # D, the number of dimensions of one image
     background_log_likelihood: Tensor | None = None  # log q_bg(x) of a background flow, if run
+    inputs: Tensor | None = None  # the [0, 1] images scored, for statistics of the pixels
 
     def bits_per_dim(self) -> Tensor:
         """Marginal bits/dim of each sample."""
@@ -75,8 +76,11 @@ class LatentScores:
         return bits_per_dim(self.class_log_likelihood, self.dim)
 
 
-def score_latents(z: Tensor, logdet: Tensor, head: GaussianMixtureHead) -> LatentScores:
-    """All likelihood quantities for latents ``z`` (B, D) with flow log-dets ``logdet`` (B,)."""
+def score_latents(
+    z: Tensor, logdet: Tensor, head: GaussianMixtureHead, inputs: Tensor | None = None
+) -> LatentScores:
+    """All likelihood quantities for latents ``z`` (B, D) with flow log-dets ``logdet`` (B,);
+    ``inputs``, the images z came from, are kept for the statistics of the pixels."""
     if logdet.shape != (z.shape[0],):
         raise ValueError(f"logdet must have shape ({z.shape[0]},), got {tuple(logdet.shape)}")
     dim = z.shape[1]
@@ -94,4 +98,5 @@ def score_latents(z: Tensor, logdet: Tensor, head: GaussianMixtureHead) -> Laten
         logdet=logdet,
         latents=z,
         dim=dim,
+        inputs=inputs,
     )

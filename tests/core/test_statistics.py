@@ -38,6 +38,7 @@ from trustgc.trust.statistics import (
     computable,
     compute_statistics,
     differentiable,
+    neighbour_correlation,
     surrogate_of,
     torch_form_of,
 )
@@ -276,3 +277,37 @@ def test_a_classifier_scores_with_neutral_columns(make_images) -> None:
     for i, result in enumerate(predictor.predict(pixels)):
         np.testing.assert_array_equal(result.probabilities, table.probabilities[i])
         assert result.decision is table.decisions[i]
+
+
+def _moran_by_loops(image: np.ndarray) -> float:
+    """Moran's I with rook neighbours, pair by pair (the ground truth for the vector form)."""
+    numerator = denominator = 0.0
+    channels, height, width = image.shape
+    for c in range(channels):
+        plane = image[c].astype(np.float64)
+        mean, variance = plane.mean(), plane.var()
+        pairs = 0
+        for i in range(height):
+            for j in range(width):
+                for di, dj in ((0, 1), (1, 0)):
+                    if i + di < height and j + dj < width:
+                        numerator += (plane[i, j] - mean) * (plane[i + di, j + dj] - mean)
+                        pairs += 1
+        denominator += pairs * variance
+    return numerator / denominator if denominator > 0 else 1.0
+
+
+def test_neighbour_correlation_against_hand_and_loop_computation() -> None:
+    checkerboard = np.array([[[[0, 255], [255, 0]]]], np.uint8)  # every pair anti-correlated
+    assert neighbour_correlation(checkerboard) == pytest.approx([-1.0])
+    constant = np.full((1, 3, 5, 5), 9, np.uint8)
+    assert neighbour_correlation(constant) == pytest.approx([1.0])
+    ramp = np.tile(np.arange(0, 252, 9, dtype=np.uint8), (28, 1))[None, None]
+    assert neighbour_correlation(ramp)[0] > 0.9
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(4, 3, 6, 7)).astype(np.uint8)
+    images[1, 0] = 17  # one constant channel: it adds nothing to either sum
+    expected = [_moran_by_loops(image) for image in images]
+    np.testing.assert_allclose(neighbour_correlation(images), expected, rtol=1e-12)
+    noise = rng.integers(0, 256, size=(200, 1, 28, 28)).astype(np.uint8)
+    assert abs(neighbour_correlation(noise).mean()) < 0.01  # i.i.d. pixels: none

@@ -145,6 +145,7 @@ def test_served_statistic_orders_images_as_the_served_p_value() -> None:
         "class_distance",
         "logit_margin",
         "complexity_excess",
+        "neighbour_correlation",
     )
 
     def draw(n):

@@ -69,6 +69,30 @@ def plain_burst(client, images: list[bytes]) -> list[float]:
     return [latency for latency, _ in results]
 
 
+def bursts_alone(client, burst: list[bytes], repeats: int) -> dict:
+    """Median and max latency (ms) of the plain burst sent ``repeats`` times with nothing beside."""
+    alone = [latency for _ in range(repeats) for latency in plain_burst(client, burst)]
+    return {"median": statistics.median(alone), "max": max(alone)}
+
+
+def burst_beside_certificate(
+    client, certifier, burst: list[bytes], image: bytes, n: int, offset_ms: float = 0.0
+) -> tuple[list[float], float]:
+    """The plain burst from ``client`` sent ``offset_ms`` after ``certifier`` asked for one
+    certify = n answer: the burst's latencies and the certifying request's (its certificate
+    checked), all in ms."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(
+            timed, lambda: certifier.classify(image, certify=n, certify_sigma=SIGMA)
+        )
+        time.sleep(offset_ms / 1000.0)
+        beside = plain_burst(client, burst)
+        latency, answer = future.result()
+    if getattr(answer, "certificate", None) is None:
+        raise RuntimeError(f"certify={n}: no certificate in {answer}")
+    return beside, latency
+
+
 def measure(client, images: list[bytes], args: argparse.Namespace) -> dict:
     """One runtime's rows (see the module docstring); every answer is checked."""
     for image in images[:4]:  # warm-up: both workers, both flows
@@ -89,21 +113,15 @@ def measure(client, images: list[bytes], args: argparse.Namespace) -> dict:
         rows["certify"][str(n)] = statistics.median(latencies)
     burst = images[:BESIDE]
     largest = max(args.n)
-    alone = [latency for _ in range(args.repeats) for latency in plain_burst(client, burst)]
-    rows["beside"] = {
-        "n": largest,
-        "plain_alone_ms": {"median": statistics.median(alone), "max": max(alone)},
-    }
+    rows["beside"] = {"n": largest, "plain_alone_ms": bursts_alone(client, burst, args.repeats)}
     for offset in OFFSETS_MS:
         beside, certifying = [], []
         for _ in range(args.repeats):
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                future = pool.submit(
-                    timed, lambda: client.classify(images[0], certify=largest, certify_sigma=SIGMA)
-                )
-                time.sleep(offset / 1000.0)
-                beside += plain_burst(client, burst)
-                certifying.append(future.result()[0])
+            latencies, latency = burst_beside_certificate(
+                client, client, burst, images[0], largest, offset
+            )
+            beside += latencies
+            certifying.append(latency)
         rows["beside"][f"plain_after_{offset}ms"] = {
             "median": statistics.median(beside),
             "max": max(beside),
@@ -201,22 +219,16 @@ def beside_where(client, images: list[bytes], args: argparse.Namespace) -> dict:
     for target in targets.values():  # warm-up: the certifying worker of each target
         replace(client, certify_model=target).classify(images[0], certify=10, certify_sigma=SIGMA)
     rows: dict = {"n": largest, "offset_ms": 0}
-    alone = [latency for _ in range(args.repeats) for latency in plain_burst(client, burst)]
-    rows["plain_alone_ms"] = {"median": statistics.median(alone), "max": max(alone)}
+    rows["plain_alone_ms"] = bursts_alone(client, burst, args.repeats)
     collected = {name: ([], []) for name in targets}
     for _ in range(args.repeats):
         for name, target in targets.items():
             certifier = replace(client, certify_model=target)
             beside, certifying = collected[name]
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                future = pool.submit(
-                    timed,
-                    lambda c=certifier: c.classify(images[0], certify=largest, certify_sigma=SIGMA),
-                )
-                beside += plain_burst(client, burst)
-                latency, answer = future.result()
-            if getattr(answer, "certificate", None) is None:
-                raise RuntimeError(f"{name}: no certificate in {answer}")
+            latencies, latency = burst_beside_certificate(
+                client, certifier, burst, images[0], largest
+            )
+            beside += latencies
             certifying.append(latency)
     for name, (beside, certifying) in collected.items():
         rows[name] = {
